@@ -1,0 +1,1 @@
+"""Offline calibration: datasets, anomalies, training and detector calibration (Lightning layer)."""
