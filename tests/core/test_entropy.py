@@ -61,7 +61,7 @@ def test_matches_entropy_estimators_every_k(n_samples: int) -> None:
 
 def test_min_dist_is_passed_through() -> None:
     rng = np.random.default_rng(3)
-    x = _awkward_block(rng, 12)[:, [0, 3, 5, 6]]  # no zero distances: min_dist=0 stays finite
+    x = _awkward_block(rng, 12)[:, [0, 4, 5, 6]]  # no zero distances: min_dist=0 stays finite
     for min_dist in (0.0, 1e-3):
         expected = [continuous.get_h(x[:, c], k=4, norm="max", min_dist=min_dist) for c in range(4)]
         np.testing.assert_allclose(entropy_per_dim(x, 4, min_dist), expected, atol=ORACLE_TOL)
