@@ -1,0 +1,288 @@
+"""``lsea-calibrate --config <yaml>``: fit the latent-entropy OoD detectors and write the artefact.
+
+Steps: load the user's checkpoint; extract latent MC entropies (cached, resumable, through
+Lightning) for InD and each anomaly kind on the validation and test splits; fit the guide's
+KDEClassifier and the one-class KDE and Mahalanobis detectors on validation features; pick each
+operating threshold at the target InD TPR from out-of-fold scores; evaluate on the test split per
+OoD set, against pytorch-ood baselines, and across anomaly types; write the deployed detector's
+artefact, ``report.json``, plots and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+
+from lsea_monitor.artefact import DetectorArtefact, ModelBinding, sha256_file
+from lsea_monitor.checkpoint import load_model
+from lsea_monitor.dataset import LatentPCA
+from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE
+from lsea_monitor.errors import LseaError
+from lsea_monitor.metrics import ood_metrics
+from lsea_monitor.preprocessing import Preprocessing
+from lsea_monitor.threshold import select_threshold
+from offline_calibration.config import CalibrationConfig, load_config
+from offline_calibration.extraction import FeatureCache, LatentExtractionModule, ScoreExtractionModule, extract_set
+
+DETECTOR_NAMES = ("kde_classifier", "one_class_kde", "mahalanobis")
+
+
+def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_images: int = 0) -> dict[str, Any]:
+    """Datasets keyed ``<split>/<set>``: ``ind`` plus one per anomaly kind (and WoodScape soiling)."""
+    d = cfg.dataset
+    limit = (max_images or d.max_images) or None
+    sets: dict[str, Any] = {}
+    if d.kind == "cityscapes":
+        from offline_calibration.cityscapes import CityscapesDataset as DatasetCls
+    else:
+        from offline_calibration.woodscape import WoodScapeDataset as DatasetCls
+    for split in ("val", "test"):
+        sets[f"{split}/ind"] = DatasetCls(d.root, split, preprocessing, return_labels=False, max_images=limit)
+        for kind in d.anomaly_kinds:
+            sets[f"{split}/{kind}"] = DatasetCls(d.root, split, preprocessing, anomaly=kind,
+                                                 anomaly_seed=d.anomaly_seed, return_labels=False, max_images=limit)
+    if d.kind == "woodscape" and d.soiling:
+        from offline_calibration.woodscape import WoodScapeSoilingDataset
+
+        sets["test/soiling"] = WoodScapeSoilingDataset(d.root, "test", preprocessing, max_images=limit)
+    return sets
+
+
+def random_kind_per_image(kinds: list[str], n: int, seed: int, split: str) -> np.ndarray:
+    """For the mixed OoD set ``all``: each image's anomaly kind, drawn with equal chance (seeded)."""
+    rng = np.random.default_rng([seed, sum(map(ord, split))])
+    return rng.integers(len(kinds), size=n)
+
+
+def compose_mixed(features: dict[str, dict[str, np.ndarray]], kinds: list[str], seed: int, split: str) -> dict[str, np.ndarray]:
+    """The original's 'anomalies' set: every image altered by one of the kinds, picked per image."""
+    n = len(features[f"{split}/{kinds[0]}"]["index"])
+    pick = random_kind_per_image(kinds, n, seed, split)
+    keys = features[f"{split}/{kinds[0]}"].keys()
+    return {k: np.stack([features[f"{split}/{kinds[j]}"][k][i] for i, j in enumerate(pick)]) for k in keys}
+
+
+def out_of_fold_scores(detector: Any, pca: LatentPCA | None, x: np.ndarray, y: np.ndarray | None, folds: int,
+                       seed: int) -> np.ndarray:
+    """Scores of each training row by a detector (and PCA) fitted without it.
+
+    An in-sample KDE score is optimistic (each point sits on its own kernel), which would set the
+    InD threshold too tight; held-out scores give the threshold the deployed detector will see.
+    """
+    labels = np.zeros(len(x), int) if y is None else y
+    scores = np.empty(len(x))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train_idx, held_idx in splitter.split(x, labels):
+        fold_pca = clone(pca).fit(x[train_idx]) if pca is not None else None
+        xt = fold_pca.transform(x[train_idx]) if fold_pca is not None else x[train_idx]
+        xh = fold_pca.transform(x[held_idx]) if fold_pca is not None else x[held_idx]
+        det = clone(detector)
+        det.fit(xt, y[train_idx]) if y is not None else det.fit(xt)
+        scores[held_idx] = det.score_samples(xh)
+    return scores
+
+
+def fit_detectors(cfg: CalibrationConfig, val_ind: np.ndarray, val_ood: np.ndarray, binding: ModelBinding,
+                  preprocessing: Preprocessing) -> dict[str, DetectorArtefact]:
+    """Fit the three detectors on validation features; thresholds at the target InD TPR."""
+    det_cfg = cfg.detection
+    n_comp = det_cfg.pca_components or None
+    seed = cfg.dataset.anomaly_seed
+    x_val = np.vstack([val_ind, val_ood])
+    y_val = np.r_[np.zeros(len(val_ind), int), np.ones(len(val_ood), int)]
+    specs = {
+        # The guide's supervised detector: PCA fitted on InD + OoD validation features
+        # (as build_detection_dataset does with its train part).
+        "kde_classifier": (KDEClassifier(bandwidth=det_cfg.kde_bandwidth),
+                           LatentPCA(n_components=n_comp) if n_comp else None, x_val, y_val),
+        # One-class detectors never see OoD: their PCA is fitted on InD only.
+        "one_class_kde": (OneClassKDE(bandwidth=det_cfg.one_class_bandwidth, target_ind_tpr=det_cfg.target_ind_tpr),
+                          LatentPCA(n_components=n_comp) if n_comp else None, val_ind, None),
+        "mahalanobis": (MahalanobisDetector(target_ind_tpr=det_cfg.target_ind_tpr),
+                        LatentPCA(n_components=n_comp) if n_comp else None, val_ind, None),
+    }
+    artefacts = {}
+    for name, (detector, pca, x, y) in specs.items():
+        if pca is not None:
+            pca = pca.fit(x)
+        features = pca.transform(x) if pca is not None else x
+        detector.fit(features, y) if y is not None else detector.fit(features)
+        if det_cfg.threshold_folds >= 2:
+            scores = out_of_fold_scores(detector, pca, x, y, det_cfg.threshold_folds, seed)
+        else:
+            scores = detector.score_samples(features)
+        ind_scores = scores[: len(val_ind)]
+        threshold = select_threshold(ind_scores, det_cfg.target_ind_tpr)
+        detector.set_threshold(threshold)
+        artefacts[name] = DetectorArtefact(detector=detector, pca=pca, threshold=threshold, binding=binding,
+                                           preprocessing=preprocessing)
+    return artefacts
+
+
+def evaluate(scores_ind: np.ndarray, scores_ood: np.ndarray, threshold: float) -> dict[str, float]:
+    scores = np.r_[scores_ind, scores_ood]
+    is_ood = np.r_[np.zeros(len(scores_ind), bool), np.ones(len(scores_ood), bool)]
+    return ood_metrics(scores, is_ood, threshold)
+
+
+def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run the whole calibration; returns the report (also written to ``output_dir``)."""
+    from offline_calibration.baselines import BASELINE_NAMES, OutputBaselines
+    from offline_calibration.report import write_report
+
+    t_start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s, d = cfg.sampling, cfg.dataset
+    preprocessing = Preprocessing(height=d.img_size[0], width=d.img_size[1], mean=tuple(d.mean), std=tuple(d.std))
+    checkpoint_sha = sha256_file(cfg.model.checkpoint)
+    model = load_model(cfg.model.checkpoint, cfg.model.model_class, trust_checkpoint=cfg.model.trust_checkpoint)
+    binding = ModelBinding(model_class=cfg.model.model_class, layer=cfg.model.layer, checkpoint_sha256=checkpoint_sha,
+                           mc_samples=s.mc_samples, entropy_k=s.entropy_k or None)
+    module = LatentExtractionModule(model, layer=cfg.model.layer, mc_samples=s.mc_samples, strategy=s.strategy,
+                                    entropy_k=s.entropy_k or None, precision=s.precision)
+    cache_key = {"checkpoint_sha256": checkpoint_sha, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
+                 "entropy_k": s.entropy_k, "precision": s.precision, "preprocessing": preprocessing.to_dict(),
+                 "dataset_root": d.root, "anomaly_seed": d.anomaly_seed, "max_images": d.max_images}
+    run_kw = dict(batch_size=s.batch_size, num_workers=s.num_workers, accelerator=s.accelerator, devices=s.devices,
+                  strategy=s.ddp_strategy, progress=progress)
+    features: dict[str, dict[str, np.ndarray]] = {}
+    timing: dict[str, float] = {}
+    for set_name, dataset in build_image_sets(cfg, preprocessing).items():
+        cache = FeatureCache(Path(cfg.cache_dir) / "latent" / set_name.replace("/", "-"), {**cache_key, "set": set_name})
+        log(f"[lsea-calibrate] latent entropy, {set_name}: {len(dataset)} images")
+        t0 = time.perf_counter()
+        features[set_name] = extract_set(dataset, cache, module, **run_kw)
+        timing[set_name] = round(time.perf_counter() - t0, 2)
+    baseline_scores: dict[str, dict[str, np.ndarray]] = {}
+    if cfg.baselines.enabled:
+        b_cfg = cfg.baselines
+        b_module = ScoreExtractionModule(model, OutputBaselines(b_cfg.mc_samples or s.mc_samples))
+        b_sets = build_image_sets(cfg, preprocessing, max_images=b_cfg.max_images or d.max_images)
+        for set_name, dataset in b_sets.items():
+            if set_name.startswith("val/") and set_name != "val/ind":
+                continue  # baselines need no OoD for fitting: validation InD sets their threshold
+            cache = FeatureCache(Path(cfg.cache_dir) / "baselines" / set_name.replace("/", "-"),
+                                 {**cache_key, "set": set_name, "baseline_mc": b_cfg.mc_samples,
+                                  "max_images": b_cfg.max_images})
+            log(f"[lsea-calibrate] pytorch-ood baselines, {set_name}: {len(dataset)} images")
+            t0 = time.perf_counter()
+            baseline_scores[set_name] = extract_set(dataset, cache, b_module, **run_kw)
+            timing[f"baselines {set_name}"] = round(time.perf_counter() - t0, 2)
+    kinds = list(d.anomaly_kinds)
+    for split in ("val", "test"):
+        features[f"{split}/all"] = compose_mixed(features, kinds, d.anomaly_seed, split)
+    if baseline_scores:
+        baseline_scores["test/all"] = compose_mixed(baseline_scores, kinds, d.anomaly_seed, "test")
+
+    artefacts = fit_detectors(cfg, features["val/ind"]["h_z"], features["val/all"]["h_z"], binding, preprocessing)
+    ood_sets = ["all", *kinds] + (["soiling"] if "test/soiling" in features else [])
+    test_ind = features["test/ind"]
+    results: dict[str, Any] = {"detectors": {}, "baselines": {}}
+    scores_for_plots: dict[str, dict[str, np.ndarray]] = {}
+    for name, art in artefacts.items():
+        s_ind = art.score_features(test_ind["h_z"])
+        per_set, scores_for_plots[name] = {}, {"test InD": s_ind}
+        for ood in ood_sets:
+            s_ood = art.score_features(features[f"test/{ood}"]["h_z"])
+            per_set[ood] = evaluate(s_ind, s_ood, art.threshold)
+            scores_for_plots[name][f"test {ood}"] = s_ood
+        results["detectors"][name] = {"threshold": art.threshold, "ood_sets": per_set}
+    for b in BASELINE_NAMES if baseline_scores else ():
+        bs = baseline_scores
+        thr = select_threshold(bs["val/ind"][b], cfg.detection.target_ind_tpr)
+        results["baselines"][b] = {"threshold": thr, "n_images_per_set": len(bs["test/ind"][b]), "ood_sets": {
+            ood: evaluate(bs["test/ind"][b], bs[f"test/{ood}"][b], thr) for ood in ood_sets}}
+        scores_for_plots[f"baseline {b}"] = {"test InD": bs["test/ind"][b],
+                                             **{f"test {o}": bs[f"test/{o}"][b] for o in ood_sets}}
+    if cfg.detection.cross_type and len(kinds) >= 2:
+        results["cross_type"] = cross_type_generalisation(cfg, features, kinds, binding, preprocessing)
+
+    deployed = artefacts[cfg.detection.deploy]
+    deployed_metrics = results["detectors"][cfg.detection.deploy]["ood_sets"]["all"]
+    deployed = DetectorArtefact(detector=deployed.detector, pca=deployed.pca, threshold=deployed.threshold,
+                                binding=binding, preprocessing=preprocessing,
+                                metrics={"test_all": deployed_metrics},
+                                info={"dataset": d.kind, "dataset_root": d.root, "detector": cfg.detection.deploy,
+                                      "n_val_ind": len(features["val/ind"]["h_z"])})
+    artefact_path = deployed.save(out / cfg.artefact_name)
+    n_images = sum(len(features[k]["index"]) for k in timing if k in features)
+    report = {
+        "config": asdict(cfg),
+        "model": {"class": cfg.model.model_class, "layer": cfg.model.layer, "checkpoint": cfg.model.checkpoint,
+                  "checkpoint_sha256": checkpoint_sha,
+                  "sampler": module.extractor.sampler.strategy_used_ if module.extractor else s.strategy},
+        "data": {k: int(len(v["h_z"])) for k, v in features.items()},
+        "metric_conventions": {
+            "score": "higher = more OoD; OoD is the positive class for auroc, aupr_out, f1, mcc",
+            "fpr_at_95_tpr_ood_positive": "pytorch-ood / OpenOOD v1.5: InD flagged when 95 % of OoD is caught",
+            "fpr_at_95_tpr_ind_positive": "original (later versions): OoD accepted when 95 % of InD is accepted",
+            "threshold": f"chosen on validation InD out-of-fold scores at InD TPR {cfg.detection.target_ind_tpr}",
+        },
+        **results,
+        "deployed": {"detector": cfg.detection.deploy, "artefact": str(artefact_path),
+                     "artefact_sha256": sha256_file(artefact_path), "threshold": deployed.threshold},
+        "timing_s": {"extraction": timing, "total": round(time.perf_counter() - t_start, 1),
+                     "images_extracted_or_cached": n_images},
+    }
+    write_report(report, out, features=features, scores=scores_for_plots, cfg=cfg)
+    return report
+
+
+def cross_type_generalisation(cfg: CalibrationConfig, features: dict[str, dict[str, np.ndarray]], kinds: list[str],
+                              binding: ModelBinding, preprocessing: Preprocessing) -> dict[str, Any]:
+    """Fit on all anomaly kinds but one, test on the held-out kind (the supervised detector's weak spot)."""
+    out = {}
+    test_ind = features["test/ind"]["h_z"]
+    for held in kinds:
+        seen = [k for k in kinds if k != held]
+        val_ood = compose_mixed(features, seen, cfg.dataset.anomaly_seed, "val")["h_z"]
+        arts = fit_detectors(cfg, features["val/ind"]["h_z"], val_ood, binding, preprocessing)
+        out[f"held_out_{held}"] = {"fitted_on": seen, **{
+            name: evaluate(a.score_features(test_ind), a.score_features(features[f"test/{held}"]["h_z"]), a.threshold)
+            for name, a in arts.items()}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lsea-calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="calibration YAML (see offline_calibration/configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set sampling.mc_samples=16 (YAML value syntax)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        cfg = load_config(args.config, overrides)
+        report = run_calibration(cfg, progress=not args.no_progress)
+    except LseaError as err:
+        print(f"lsea-calibrate: error: {err}", file=sys.stderr)
+        return 2
+    det = report["deployed"]["detector"]
+    m = report["detectors"][det]["ood_sets"]["all"]
+    print(f"[lsea-calibrate] deployed {det}: AUROC {m['auroc']:.4f}, FPR@95TPR (OoD+) "
+          f"{m['fpr_at_95_tpr_ood_positive']:.4f}, (InD+) {m['fpr_at_95_tpr_ind_positive']:.4f}")
+    print(f"[lsea-calibrate] artefact: {report['deployed']['artefact']}")
+    print(f"[lsea-calibrate] report:   {Path(cfg.output_dir) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""``lsea-calibrate`` configuration: a YAML file mapped onto typed, validated dataclasses.
+
+Unknown keys, wrong types and missing paths are reported with the key's full name, so a typo in a
+config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from lsea_monitor.errors import InputValidationError
+from lsea_monitor.preprocessing import CITYSCAPES_MEAN, CITYSCAPES_STD
+
+
+@dataclass
+class DatasetConfig:
+    kind: str = "cityscapes"  #: cityscapes | woodscape
+    root: str = ""
+    img_size: list[int] = field(default_factory=lambda: [256, 512])
+    mean: list[float] = field(default_factory=lambda: list(CITYSCAPES_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CITYSCAPES_STD))
+    anomaly_kinds: list[str] = field(default_factory=lambda: ["mud", "fog", "sunflare"])
+    anomaly_seed: int = 0
+    max_images: int = 0  #: per split, 0 = all (for quick trials)
+    soiling: bool = False  #: WoodScape: also evaluate on the soiling set
+
+
+@dataclass
+class ModelConfig:
+    checkpoint: str = ""
+    model_class: str = "offline_calibration.model:DeepLabV3PlusModule"
+    layer: str = "deeplab_v3plus_model.drop_block1"
+    trust_checkpoint: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    mc_samples: int = 10
+    strategy: str = "fast"  #: fast | naive
+    entropy_k: int = 0  #: 0 = min(5, M - 1)
+    precision: str = "fp32"
+    batch_size: int = 4
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    ddp_strategy: str = "auto"  #: Lightning strategy, e.g. ddp for multi-GPU / multi-node
+
+
+@dataclass
+class DetectionConfig:
+    pca_components: int = 16
+    kde_bandwidth: float = 0.8
+    one_class_bandwidth: float = 1.0
+    target_ind_tpr: float = 0.95
+    threshold_folds: int = 5  #: out-of-fold scores for the operating threshold (0 = in-sample)
+    deploy: str = "kde_classifier"  #: kde_classifier | one_class_kde | mahalanobis
+    cross_type: bool = True
+
+
+@dataclass
+class BaselineConfig:
+    enabled: bool = True
+    mc_samples: int = 0  #: 0 = the sampling M
+    max_images: int = 0  #: per set, 0 = as many as the latent detectors (each costs 1 + M full forwards)
+
+
+@dataclass
+class ReportConfig:
+    pacmap: bool = True
+    pacmap_neighbors: int = 28
+
+
+@dataclass
+class CalibrationConfig:
+    output_dir: str
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    cache_dir: str = ""  #: default: <output_dir>/cache
+    artefact_name: str = "detector.safetensors"
+
+    def validate(self) -> None:
+        d, s, det = self.dataset, self.sampling, self.detection
+        if d.kind not in ("cityscapes", "woodscape"):
+            raise InputValidationError(f"dataset.kind must be cityscapes or woodscape, got {d.kind!r}.")
+        if not d.root or not Path(d.root).is_dir():
+            raise InputValidationError(f"dataset.root {d.root!r} is not a directory.")
+        if not self.model.checkpoint or not Path(self.model.checkpoint).is_file():
+            raise InputValidationError(f"model.checkpoint {self.model.checkpoint!r} is not a file.")
+        if len(d.img_size) != 2 or min(d.img_size) < 16:
+            raise InputValidationError(f"dataset.img_size must be [H, W] >= 16, got {d.img_size}.")
+        if s.mc_samples < 3:
+            raise InputValidationError(f"sampling.mc_samples must be >= 3 for the k-NN entropy, got {s.mc_samples}.")
+        if s.strategy not in ("fast", "naive"):
+            raise InputValidationError(f"sampling.strategy must be fast or naive, got {s.strategy!r}.")
+        if not 0 < det.target_ind_tpr < 1:
+            raise InputValidationError(f"detection.target_ind_tpr must be in (0, 1), got {det.target_ind_tpr}.")
+        if det.deploy not in ("kde_classifier", "one_class_kde", "mahalanobis"):
+            raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use kde_classifier, "
+                                       "one_class_kde or mahalanobis.")
+        if not d.anomaly_kinds:
+            raise InputValidationError("dataset.anomaly_kinds is empty; give at least one of mud, fog, sunflare.")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise InputValidationError(f"Config section {prefix or 'top level'!r} must be a mapping, got {type(data).__name__}.")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputValidationError(f"Unknown config key(s) {[prefix + k for k in unknown]}; known in "
+                                   f"{prefix or 'top level'!r}: {sorted(names)}.")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> CalibrationConfig:
+    """Read a YAML config; relative paths are taken relative to the YAML file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InputValidationError(f"Could not read calibration config {path}: {err}.") from err
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if "output_dir" not in data:
+        raise InputValidationError(f"Calibration config {path} lacks 'output_dir'.")
+    cfg = _build(CalibrationConfig, data, "")
+    base = path.parent
+    cfg.output_dir = str((base / cfg.output_dir).resolve())
+    cfg.dataset.root = str((base / cfg.dataset.root).resolve()) if cfg.dataset.root else ""
+    cfg.model.checkpoint = str((base / cfg.model.checkpoint).resolve()) if cfg.model.checkpoint else ""
+    cfg.cache_dir = str((base / cfg.cache_dir).resolve()) if cfg.cache_dir else str(Path(cfg.output_dir) / "cache")
+    cfg.validate()
+    return cfg

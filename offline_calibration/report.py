@@ -1,0 +1,94 @@
+"""Calibration report: ``report.json`` (machine-readable), plots, and ``report.md`` linking them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from lsea_monitor.metrics import roc_curve_points
+from lsea_monitor.plots import plot_pacmap, plot_roc_curves, plot_score_histograms
+
+METRIC_COLUMNS = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr_ood_positive", "fpr_at_95_tpr_ind_positive",
+                  "accuracy", "mcc", "f1")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def write_json(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True))
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: tuple[str, ...] = METRIC_COLUMNS) -> str:
+    """Markdown table, one row per name."""
+    head = "| | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    body = "".join(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |\n" for name, row in rows.items())
+    return head + body
+
+
+def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[str, np.ndarray]],
+                 scores: dict[str, dict[str, np.ndarray]], cfg: Any) -> None:
+    """Plots (ROC per OoD set, PaCMAP of validation features, score histograms) and the readable report."""
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    ood_sets = list(next(iter(report["detectors"].values()))["ood_sets"])
+    files: dict[str, str] = {}
+    for ood in ood_sets:
+        curves = {}
+        for name, by_set in scores.items():
+            s = np.r_[by_set["test InD"], by_set[f"test {ood}"]]
+            y = np.r_[np.zeros(len(by_set["test InD"]), bool), np.ones(len(by_set[f"test {ood}"]), bool)]
+            fpr, tpr, _ = roc_curve_points(s, y)
+            src = report["detectors"].get(name) or report["baselines"][name.removeprefix("baseline ")]
+            curves[name] = (fpr, tpr, src["ood_sets"][ood]["auroc"])
+        files[f"roc_{ood}"] = str(plot_roc_curves(curves, plots / f"roc_{ood}.png",
+                                                  f"OoD detection ROC, test InD vs {ood}").relative_to(out))
+    for name, by_set in scores.items():
+        if name in report["detectors"]:
+            thr = report["detectors"][name]["threshold"]
+            files[f"hist_{name}"] = str(plot_score_histograms(by_set, thr, plots / f"scores_{name}.png",
+                                                              f"{name} scores").relative_to(out))
+    if cfg.report.pacmap:
+        files["pacmap"] = str(plot_pacmap(features["val/ind"]["h_z"], features["val/all"]["h_z"],
+                                          plots / "pacmap_val.png", n_neighbors=cfg.report.pacmap_neighbors,
+                                          title="Latent entropy H(z|x): validation InD vs anomalies").relative_to(out))
+    report["plots"] = files
+    write_json(report, out / "report.json")
+
+    lines = ["# LSEA Monitor calibration report", "",
+             f"- model: `{report['model']['class']}`, layer `{report['model']['layer']}`, "
+             f"checkpoint sha256 `{report['model']['checkpoint_sha256'][:16]}`",
+             f"- MC samples M = {cfg.sampling.mc_samples}, sampler `{report['model']['sampler']}`, "
+             f"PCA {cfg.detection.pca_components} components",
+             f"- images: " + ", ".join(f"{k} {v}" for k, v in report["data"].items()),
+             f"- deployed: **{report['deployed']['detector']}**, threshold {report['deployed']['threshold']:.6g}, "
+             f"artefact `{Path(report['deployed']['artefact']).name}`",
+             f"- conventions: {report['metric_conventions']['score']}; thresholds "
+             f"{report['metric_conventions']['threshold']}.", ""]
+    for ood in ood_sets:
+        rows = {name: r["ood_sets"][ood] for name, r in report["detectors"].items()}
+        rows.update({f"baseline {name}": r["ood_sets"][ood] for name, r in report["baselines"].items()})
+        lines += [f"## Test InD vs {ood}", "", metrics_table(rows), f"![ROC {ood}]({files[f'roc_{ood}']})", ""]
+    if "cross_type" in report:
+        lines += ["## Cross-type generalisation (fit on the other kinds, test on the held-out one)", ""]
+        for held, r in report["cross_type"].items():
+            rows = {k: v for k, v in r.items() if k != "fitted_on"}
+            lines += [f"### {held} (fitted on {', '.join(r['fitted_on'])})", "", metrics_table(rows), ""]
+    lines += ["## Score distributions", ""]
+    lines += [f"![{k}]({v})" for k, v in files.items() if k.startswith("hist_")]
+    if "pacmap" in files:
+        lines += ["", "## PaCMAP projection of validation entropy features", "", f"![PaCMAP]({files['pacmap']})"]
+    timing = report["timing_s"]
+    lines += ["", "## Timing", "", f"total {timing['total']} s; extraction per set (s): "
+              + ", ".join(f"{k} {v}" for k, v in timing["extraction"].items()), ""]
+    (out / "report.md").write_text("\n".join(lines))
