@@ -1,0 +1,227 @@
+"""Tests of lsea_monitor.detectors: references, fitted-state rules, storage, error paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from sklearn.base import clone
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import KernelDensity
+
+from lsea_monitor.detectors import DETECTORS, KDEClassifier, MahalanobisDetector, OneClassKDE, OODDetector
+from lsea_monitor.errors import InputValidationError, NotFittedError
+from lsea_monitor.threshold import select_threshold
+
+ALL = [KDEClassifier, OneClassKDE, MahalanobisDetector]
+
+
+def _blobs(seed: int = 0, n_ind: int = 120, n_ood: int = 80, d: int = 5, gap: float = 4.0):
+    rng = np.random.default_rng(seed)
+    x = np.r_[rng.normal(0.0, 1.0, (n_ind, d)), rng.normal(gap, 1.0, (n_ood, d))]
+    y = np.r_[np.zeros(n_ind, np.int64), np.ones(n_ood, np.int64)]
+    return x, y
+
+
+def _fitted(cls: type[OODDetector], seed: int = 0) -> OODDetector:
+    x, y = _blobs(seed)
+    return cls().fit(x, y)
+
+
+# ---------------------------------------------------------------- references
+
+
+def _gaussian_log_density(x: np.ndarray, data: np.ndarray, h: float) -> np.ndarray:
+    """Slow reference: log of the mean of isotropic Gaussian kernels, nats."""
+    sq = ((x[:, None, :] - data[None, :, :]) ** 2).sum(-1)
+    d = data.shape[1]
+    return logsumexp(-sq / (2 * h * h), axis=1) - np.log(len(data)) - 0.5 * d * np.log(2 * np.pi * h * h)
+
+
+def test_kde_classifier_posterior_matches_per_class_kernel_density() -> None:
+    x, y = _blobs(1, gap=1.5)
+    x_new = np.random.default_rng(2).normal(0.75, 2.0, (50, 5))
+    clf = KDEClassifier(bandwidth=0.8).fit(x, y)
+    log_prior = np.log(np.bincount(y) / len(y))
+    jll = np.stack(
+        [KernelDensity(bandwidth=0.8).fit(x[y == c]).score_samples(x_new) + log_prior[c] for c in (0, 1)], 1
+    )
+    expected = np.exp(jll - logsumexp(jll, axis=1, keepdims=True))
+    np.testing.assert_allclose(clf.predict_proba(x_new), expected, rtol=1e-10, atol=1e-14)
+    # independent of sklearn: explicit Gaussian kernel sums
+    slow = np.stack([_gaussian_log_density(x_new, x[y == c], 0.8) + log_prior[c] for c in (0, 1)], 1)
+    np.testing.assert_allclose(clf.predict_log_proba(x_new), slow - logsumexp(slow, 1, keepdims=True), atol=1e-9)
+    np.testing.assert_allclose(clf.score_samples(x_new), expected[:, 1], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(clf.decision_function(x_new), jll[:, 1] - jll[:, 0], rtol=1e-9, atol=1e-9)
+    # original predict = argmax posterior
+    np.testing.assert_array_equal(clf.predict(x_new), expected.argmax(axis=1))
+    assert clf.threshold_ == 0.5 and list(clf.classes_) == [0, 1]
+
+
+def test_kde_classifier_decision_function_does_not_saturate() -> None:
+    clf = KDEClassifier(bandwidth=0.5).fit(*_blobs(3))
+    far = np.outer(np.array([10.0, 20.0, 40.0]), np.ones(5))
+    assert np.all(clf.score_samples(far) == 1.0)
+    odds = clf.decision_function(far)
+    assert np.all(np.isfinite(odds)) and np.all(np.diff(odds) > 0)
+
+
+def test_kde_classifier_outside_compact_support_is_ood() -> None:
+    clf = KDEClassifier(bandwidth=0.5, kernel="tophat").fit(*_blobs(4))
+    proba = clf.predict_proba(np.full((1, 5), 100.0))
+    np.testing.assert_array_equal(proba, [[0.0, 1.0]])
+    assert clf.predict(np.full((1, 5), 100.0))[0] == 1
+
+
+def test_one_class_kde_is_negative_log_density_of_ind() -> None:
+    x, y = _blobs(5)
+    det = OneClassKDE(bandwidth=0.7).fit(x, y)  # y given: only InD rows are used
+    ind_only = OneClassKDE(bandwidth=0.7).fit(x[y == 0])
+    x_new = np.random.default_rng(6).normal(1.0, 2.0, (40, 5))
+    np.testing.assert_array_equal(det.score_samples(x_new), ind_only.score_samples(x_new))
+    np.testing.assert_allclose(det.score_samples(x_new), -_gaussian_log_density(x_new, x[y == 0], 0.7), atol=1e-9)
+    assert det.threshold_ == select_threshold(-_gaussian_log_density(x[y == 0], x[y == 0], 0.7), 0.95)
+
+
+def test_mahalanobis_matches_empirical_covariance() -> None:
+    x, y = _blobs(7)
+    x[:, 2] = 0.5 * x[:, 0] + 0.1 * x[:, 1]  # correlated
+    det = MahalanobisDetector(target_ind_tpr=0.9).fit(x[y == 0])
+    ref = EmpiricalCovariance().fit(x[y == 0])
+    np.testing.assert_allclose(det.covariance_, ref.covariance_, atol=1e-12)
+    np.testing.assert_allclose(det.score_samples(x), np.sqrt(ref.mahalanobis(x)), rtol=1e-8)
+    train_scores = det.score_samples(x[y == 0])
+    assert det.threshold_ == select_threshold(train_scores, 0.9)
+    assert np.mean(train_scores <= det.threshold_) >= 0.9
+
+
+def test_mahalanobis_rank_deficient_features_are_finite() -> None:
+    x, _ = _blobs(8)
+    x[:, 3] = 1.0  # constant feature: singular covariance, pinv handles it
+    det = MahalanobisDetector().fit(x)
+    assert np.all(np.isfinite(det.score_samples(x)))
+
+
+# ---------------------------------------------------------------- shared behaviour
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_auroc_floor_on_separable_blobs(cls: type[OODDetector]) -> None:
+    x, y = _blobs(10)
+    x_test, y_test = _blobs(11)
+    det = cls().fit(x, y)
+    scores = det.score_samples(x_test)
+    assert scores.shape == (len(x_test),) and scores.dtype == np.float64
+    assert roc_auc_score(y_test, scores) > 0.99  # higher score = more OoD
+    assert np.mean(det.predict(x_test) == y_test) > 0.9
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_init_only_stores_params(cls: type[OODDetector]) -> None:
+    params = {"kde_classifier": {"bandwidth": -1.0}, "one_class_kde": {"bandwidth": -1.0},
+              "mahalanobis": {"target_ind_tpr": 7.0}}[cls.name]
+    det = cls(**params)  # invalid, but only checked in fit
+    assert det.get_params() | params == det.get_params()
+    assert clone(det).get_params() == det.get_params()
+    with pytest.raises(TypeError):
+        cls(1.0)  # keyword-only
+    with pytest.raises(InputValidationError, match=r"bandwidth must be a finite number > 0, got -1.0|target_ind_tpr must be a number in \(0, 1\], got 7.0"):
+        det.fit(*_blobs())
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_unfitted_use_raises(cls: type[OODDetector]) -> None:
+    det = cls()
+    x = np.zeros((2, 5))
+    calls = [det.score_samples, det.predict, lambda _: det.set_threshold(0.1), lambda _: det.get_state()]
+    if isinstance(det, KDEClassifier):
+        calls += [det.predict_proba, det.predict_log_proba, det.decision_function]
+    for call in calls:
+        with pytest.raises(NotFittedError, match="not fitted yet") as info:
+            call(x)
+        assert isinstance(info.value, SklearnNotFittedError)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_state_round_trip_gives_identical_scores(cls: type[OODDetector]) -> None:
+    det = _fitted(cls).set_threshold(0.25)
+    params, arrays = det.get_state()
+    params = json.loads(json.dumps(params))  # must survive JSON
+    arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+    loaded = DETECTORS[params["detector"]].from_state(params, arrays)
+    assert type(loaded) is cls and loaded.get_params() == det.get_params()
+    x_new = np.random.default_rng(12).normal(1.0, 3.0, (64, 5))
+    np.testing.assert_array_equal(loaded.score_samples(x_new), det.score_samples(x_new))
+    np.testing.assert_array_equal(loaded.predict(x_new), det.predict(x_new))
+    assert loaded.threshold_ == 0.25 and loaded.n_features_in_ == 5
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_threshold_override_changes_predictions(cls: type[OODDetector]) -> None:
+    det = _fitted(cls)
+    x, _ = _blobs(13)
+    scores = det.score_samples(x)
+    np.testing.assert_array_equal(det.predict(x), (scores > det.threshold_).astype(int))
+    det.set_threshold(float(np.max(scores)))
+    assert det.predict(x).sum() == 0
+    with pytest.raises(InputValidationError, match="threshold must be a finite number, got nan"):
+        det.set_threshold(float("nan"))
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_scoring_input_errors(cls: type[OODDetector]) -> None:
+    det = _fitted(cls)
+    with pytest.raises(InputValidationError, match="X has 4 features but 5 were seen in fit"):
+        det.score_samples(np.zeros((3, 4)))
+    bad = np.zeros((3, 5))
+    bad[0, 0] = np.inf
+    with pytest.raises(InputValidationError, match=r"1 non-finite value"):
+        det.predict(bad)
+    with pytest.raises(InputValidationError, match="must be 2-D"):
+        det.score_samples(np.zeros(5))
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_fit_input_errors(cls: type[OODDetector]) -> None:
+    x, y = _blobs()
+    with pytest.raises(InputValidationError, match=r"y must hold 0 \(InD\) or 1 \(OoD\), got value 2"):
+        cls().fit(x, np.where(y == 1, 2, 0))
+    with pytest.raises(InputValidationError, match=r"y must have shape \(200,\)"):
+        cls().fit(x, y[:10])
+    x_nan = x.copy()
+    x_nan[3, 3] = np.nan
+    with pytest.raises(InputValidationError, match="non-finite"):
+        cls().fit(x_nan, y)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_from_state_errors(cls: type[OODDetector]) -> None:
+    params, arrays = _fitted(cls).get_state()
+    other = next(c for c in ALL if c is not cls)
+    with pytest.raises(InputValidationError, match=f"State is for detector '{cls.name}'"):
+        other.from_state(params, arrays)
+    with pytest.raises(InputValidationError, match=f"Invalid {cls.__name__} state"):
+        cls.from_state(params, {})
+    wrong = {k: v[..., :2] for k, v in arrays.items()}
+    with pytest.raises(InputValidationError, match="has shape"):
+        cls.from_state(params, wrong)
+
+
+def test_detector_specific_fit_errors() -> None:
+    x, y = _blobs()
+    with pytest.raises(InputValidationError, match=r"n_ind=120, n_ood=0; use OneClassKDE"):
+        KDEClassifier().fit(x[y == 0], y[y == 0])
+    with pytest.raises(InputValidationError, match="kernel must be one of"):
+        KDEClassifier(kernel="box").fit(x, y)
+    with pytest.raises(InputValidationError, match="at least 2 InD training samples, got 0"):
+        OneClassKDE().fit(x[y == 1], y[y == 1])
+    with pytest.raises(InputValidationError, match=r"target_ind_tpr must be a number in \(0, 1\], got 0"):
+        MahalanobisDetector(target_ind_tpr=0).fit(x)
+
+
+def test_registry_names() -> None:
+    assert DETECTORS == {"kde_classifier": KDEClassifier, "one_class_kde": OneClassKDE, "mahalanobis": MahalanobisDetector}
