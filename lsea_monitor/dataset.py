@@ -23,7 +23,9 @@ __all__ = ["DetectionDataset", "LatentPCA", "as_feature_matrix", "build_detectio
 _SVD_SOLVERS = ("auto", "full", "covariance_eigh", "arpack", "randomized")
 
 
-def as_feature_matrix(x: Any, name: str, n_features: int | None = None) -> np.ndarray:
+def as_feature_matrix(
+    x: Any, name: str, n_features: int | None = None, expected_source: str = "seen in fit"
+) -> np.ndarray:
     """Validate a feature matrix and return it as float64 of shape (n_samples, n_features).
 
     Parameters
@@ -33,6 +35,8 @@ def as_feature_matrix(x: Any, name: str, n_features: int | None = None) -> np.nd
         Name used in error messages.
     n_features : int or None
         Required number of columns (e.g. the count seen in ``fit``), or None for any.
+    expected_source : str, default "seen in fit"
+        Where ``n_features`` comes from, for the error message.
 
     Raises
     ------
@@ -54,8 +58,8 @@ def as_feature_matrix(x: Any, name: str, n_features: int | None = None) -> np.nd
         raise InputValidationError(f"{name} has no samples (shape {arr.shape}).")
     if n_features is not None and arr.shape[1] != n_features:
         raise InputValidationError(
-            f"{name} has {arr.shape[1]} features but {n_features} were seen in fit; "
-            f"use features built the same way (entropy layer, PCA) as at fit time."
+            f"{name} has {arr.shape[1]} features but {n_features} were {expected_source}; "
+            f"use features built the same way (entropy layer, PCA) everywhere."
         )
     n_bad = int(np.count_nonzero(~np.isfinite(arr)))
     if n_bad:
