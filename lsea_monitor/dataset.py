@@ -172,7 +172,9 @@ class LatentPCA:
         """
         self._check_is_fitted()
         if not isinstance(x, torch.Tensor):
-            raise InputValidationError(f"transform_torch needs a torch.Tensor, got {type(x).__name__}; use transform().")
+            raise InputValidationError(
+                f"transform_torch needs a torch.Tensor, got {type(x).__name__}; use transform()."
+            )
         if x.ndim != 2 or x.shape[1] != self.n_features_in_:
             raise InputValidationError(
                 f"x must have shape (n_samples, {self.n_features_in_}), got {tuple(x.shape)}."
@@ -219,7 +221,9 @@ class LatentPCA:
             variance = np.asarray(arrays["explained_variance"], dtype=np.float64)
             ratio = np.asarray(arrays["explained_variance_ratio"], dtype=np.float64)
         except (TypeError, KeyError) as err:
-            raise InputValidationError(f"Invalid LatentPCA state: {err!r}; expected get_state() output.") from err
+            raise InputValidationError(
+                f"Invalid LatentPCA state: {err!r}; expected get_state() output."
+            ) from err
         n_components = components.shape[0] if components.ndim == 2 else -1
         if (
             mean.ndim != 1

@@ -182,7 +182,8 @@ def plot_score_histograms(
     for name, values in sets.items():
         ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{name} ({values.size})")
     if threshold is not None:
-        ax.axvline(float(threshold), color="black", linestyle="--", label=f"threshold = {float(threshold):.4g}")
+        label = f"threshold = {float(threshold):.4g}"
+        ax.axvline(float(threshold), color="black", linestyle="--", label=label)
     ax.set(xlabel="score", ylabel="density", title=title)
     ax.legend(loc="best")
     return _save(fig, path)

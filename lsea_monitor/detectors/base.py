@@ -194,7 +194,8 @@ class OODDetector(BaseEstimator):
             detector = cls(**params["init"])
             threshold = float(params["threshold"])
             n_features = int(params["n_features_in"])
-            extra = {k: v for k, v in params.items() if k not in ("detector", "init", "threshold", "n_features_in")}
+            common = ("detector", "init", "threshold", "n_features_in")
+            extra = {k: v for k, v in params.items() if k not in common}
             detector.n_features_in_ = n_features
             detector._load_state(extra, {k: np.asarray(v) for k, v in arrays.items()})
         except (KeyError, TypeError, ValueError) as err:

@@ -91,7 +91,8 @@ class OneClassKDE(OODDetector):
         x = np.asarray(arrays["x_train"], dtype=np.float64)
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.n_features_in_:
             raise InputValidationError(
-                f"OneClassKDE state array x_train has shape {x.shape}, expected (n >= 1, {self.n_features_in_})."
+                f"OneClassKDE state array x_train has shape {x.shape}, "
+                f"expected (n >= 1, {self.n_features_in_})."
             )
         check_bandwidth(self.bandwidth)
         check_kernel(self.kernel)

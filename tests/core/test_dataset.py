@@ -79,7 +79,8 @@ def test_build_order_labels_and_pca_on_train_only() -> None:
     np.testing.assert_array_equal(ds.y_train, np.r_[np.zeros(30), np.ones(20)])
     np.testing.assert_array_equal(ds.y_test, np.r_[np.zeros(25), np.ones(15)])
     assert ds.y_train.dtype == np.int64
-    ref = PCA(n_components=16, whiten=True, svd_solver="randomized", random_state=0).fit(np.vstack([ind_v, ood_v]))
+    ref = PCA(n_components=16, whiten=True, svd_solver="randomized", random_state=0)
+    ref.fit(np.vstack([ind_v, ood_v]))
     np.testing.assert_allclose(ds.x_train, ref.transform(np.vstack([ind_v, ood_v])), rtol=0, atol=1e-12)
     np.testing.assert_allclose(ds.x_test, ref.transform(np.vstack([ind_t, ood_t])), rtol=0, atol=1e-12)
     with pytest.raises(AttributeError):
