@@ -11,6 +11,7 @@ artefact, ``report.json``, plots and ``report.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
 from lsea_monitor.artefact import DetectorArtefact, ModelBinding, sha256_file
@@ -82,10 +82,10 @@ def out_of_fold_scores(detector: Any, pca: LatentPCA | None, x: np.ndarray, y: n
     scores = np.empty(len(x))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train_idx, held_idx in splitter.split(x, labels):
-        fold_pca = clone(pca).fit(x[train_idx]) if pca is not None else None
+        fold_pca = copy.deepcopy(pca).fit(x[train_idx]) if pca is not None else None
         xt = fold_pca.transform(x[train_idx]) if fold_pca is not None else x[train_idx]
         xh = fold_pca.transform(x[held_idx]) if fold_pca is not None else x[held_idx]
-        det = clone(detector)
+        det = copy.deepcopy(detector)  # refitting replaces every learned attribute
         det.fit(xt, y[train_idx]) if y is not None else det.fit(xt)
         scores[held_idx] = det.score_samples(xh)
     return scores

@@ -32,3 +32,61 @@ def ros_env(ros_domain_id: int) -> dict[str, str]:
     env["ROS_DOMAIN_ID"] = str(ros_domain_id)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# --- a real, small monitor: trained checkpoint + calibrated artefact --------------------------
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@dataclass(frozen=True)
+class MonitorFiles:
+    """A real Lightning checkpoint and the artefact lsea-calibrate fitted for it, on tiny data."""
+
+    checkpoint: Path
+    artefact: Path
+    model_class: str
+    layer: str
+    data_root: Path  #: the synthetic Cityscapes-layout dataset (val/test images for InD frames)
+    report: Path  #: calibration report.json
+    height: int
+    width: int
+    mc_samples: int
+
+
+TINY_SIZE = (128, 256)
+
+
+def build_monitor_files(root: Path) -> MonitorFiles:
+    """Generate data, train a few steps, calibrate: the whole offline chain at toy scale (~1 min)."""
+    import yaml
+
+    from offline_calibration.calibrate import run_calibration
+    from offline_calibration.config import load_config
+    from offline_calibration.model import HOOKED_LAYER, MODEL_CLASS
+    from offline_calibration.synthetic import generate_dataset
+    from offline_calibration.train import TrainConfig, train
+
+    h, w = TINY_SIZE
+    data = root / "data"
+    generate_dataset(data, n_train=8, n_val=24, n_test=12, height=h, width=w, seed=0, progress=False)
+    # block_size 3: the deepest feature map is only 8 x 16 cells at this size.
+    trained = train(TrainConfig(data_dir=str(data), out_dir=str(root / "model"), epochs=1, batch_size=4,
+                                img_size=(h, w), train_size=(h, w), block_size=3, seed=0), progress=False)
+    cfg = {"output_dir": "calibration", "dataset": {"root": "data", "img_size": [h, w]},
+           "model": {"checkpoint": trained["best_checkpoint"], "model_class": MODEL_CLASS, "layer": HOOKED_LAYER},
+           "sampling": {"mc_samples": 8, "batch_size": 8},
+           "detection": {"pca_components": 8, "threshold_folds": 3},
+           "baselines": {"enabled": True, "mc_samples": 2, "max_images": 6},
+           "report": {"pacmap": False}}
+    (root / "calibration.yaml").write_text(yaml.safe_dump(cfg))
+    report = run_calibration(load_config(root / "calibration.yaml"), progress=False, log=lambda *_: None)
+    return MonitorFiles(checkpoint=Path(trained["best_checkpoint"]), artefact=Path(report["deployed"]["artefact"]),
+                        model_class=MODEL_CLASS, layer=HOOKED_LAYER, data_root=data,
+                        report=root / "calibration" / "report.json", height=h, width=w, mc_samples=8)
+
+
+@pytest.fixture(scope="session")
+def monitor_files(tmp_path_factory: pytest.TempPathFactory) -> MonitorFiles:
+    """Session-wide tiny monitor (built once per test session)."""
+    return build_monitor_files(tmp_path_factory.mktemp("monitor"))
