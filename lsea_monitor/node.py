@@ -287,6 +287,8 @@ def main(args: Optional[list[str]] = None) -> int:
         if node.params.autostart:
             for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
                 if trigger() != SUCCESS:
+                    if not rclpy.ok():  # SIGINT/SIGTERM during start-up: a requested stop, not a failure
+                        return 0
                     node.get_logger().fatal(f"Auto-start failed at {name}; exiting (see the error above).")
                     return 1
         executor = MultiThreadedExecutor(num_threads=4)
