@@ -898,7 +898,7 @@ def generate_dataset(root: str | os.PathLike, n_train: int, n_val: int, n_test: 
         ``root`` holds other data, or a dataset generated with a different configuration.
     """
     counts = {"train": n_train, "val": n_val, "test": n_test}
-    for name, value in [*counts.items(), ("workers", workers)]:
+    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("workers", workers)):
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise InputValidationError(f"{name} must be a non-negative integer, got {value!r}.")
     if sum(counts.values()) == 0:
