@@ -138,7 +138,9 @@ def load_label(path: str | os.PathLike) -> np.ndarray:
         if np.issubdtype(lab.dtype, np.integer) and lab.size and int(lab.max()) <= 255:
             lab = lab.astype(np.uint8)
         else:
-            raise ImageDecodeError(f"Label image {p} has dtype {lab.dtype} with values above 255; expected 8-bit indices.")
+            raise ImageDecodeError(
+                f"Label image {p} has dtype {lab.dtype} with values above 255; expected 8-bit class indices."
+            )
     return lab
 
 
@@ -269,7 +271,8 @@ def find_cityscapes_samples(root: str | os.PathLike, split: str, with_labels: bo
     if not gt_dir.is_dir():
         raise layout_error(f"Labels of split {split!r} not found: {gt_dir} does not exist "
                            "(pass return_labels=False to read images only).", gt_dir, CITYSCAPES_LAYOUT)
-    labels = [p for city in sorted(gt_dir.iterdir()) if city.is_dir() for p in sorted(city.glob("*_gtFine_labelIds.png"))]
+    labels = [p for city in sorted(gt_dir.iterdir()) if city.is_dir()
+              for p in sorted(city.glob("*_gtFine_labelIds.png"))]
 
     def image_key(p: Path) -> str:
         return f"{p.parent.name}/{p.name[: -len('_leftImg8bit.png')]}"
@@ -294,7 +297,9 @@ def _resolve_anomaly(anomaly: str | Anomaly | None, dataset: str) -> tuple[Anoma
             )
         return make_anomaly(anomaly, dataset), anomaly  # type: ignore[arg-type]
     if not callable(getattr(anomaly, "apply", None)):
-        raise InputValidationError(f"anomaly must be None, a kind name or an object with apply(rgb, seed), got {anomaly!r}.")
+        raise InputValidationError(
+            f"anomaly must be None, a kind name or an object with apply(rgb, seed), got {anomaly!r}."
+        )
     return anomaly, str(getattr(anomaly, "kind", type(anomaly).__name__))
 
 
@@ -335,7 +340,9 @@ class SegmentationDataset(Dataset):
                  split: str = "", return_labels: bool = True, augment: bool = False,
                  max_images: int | None = None) -> None:
         if not isinstance(preprocessing, Preprocessing):
-            raise InputValidationError(f"preprocessing must be a lsea_monitor Preprocessing, got {type(preprocessing).__name__}.")
+            raise InputValidationError(
+                f"preprocessing must be a lsea_monitor Preprocessing, got {type(preprocessing).__name__}."
+            )
         if max_images is not None and (not isinstance(max_images, (int, np.integer)) or max_images < 1):
             raise InputValidationError(f"max_images must be a positive integer or None, got {max_images!r}.")
         if not isinstance(anomaly_seed, (int, np.integer)) or anomaly_seed < 0:
@@ -529,7 +536,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.max_images = max_images
         # Validated now (cheap, no I/O) so that a bad size fails at construction.
-        self.preprocessing = Preprocessing(self.img_size[0], self.img_size[1], self.mean, self.std)  # type: ignore[arg-type]
+        self.preprocessing = Preprocessing(self.img_size[0], self.img_size[1],
+                                           self.mean, self.std)  # type: ignore[arg-type]
         self._samples: dict[str, list[Sample]] = {}
         self._labelled: dict[str, bool] = {}
         self.train_set: SegmentationDataset | None = None

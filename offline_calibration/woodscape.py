@@ -71,21 +71,29 @@ SOILING_LAYOUT = (
 )
 
 
-def _index_map(num_classes: int, what: str):
-    def label_map(raw: np.ndarray, path: Path) -> np.ndarray:
-        if raw.size and int(raw.max()) >= num_classes:
-            bad = np.unique(raw[raw >= num_classes])[:5].tolist()
+class ClassIndexCheck:
+    """Label map for files that already hold class indices: checks the range, returns them as is.
+
+    A class (not a closure) so that datasets pickle into spawned DataLoader workers.
+    """
+
+    def __init__(self, num_classes: int, what: str) -> None:
+        self.num_classes = num_classes
+        self.what = what
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        n = self.num_classes
+        if raw.size and int(raw.max()) >= n:
+            bad = np.unique(raw[raw >= n])[:5].tolist()
             raise ImageDecodeError(
-                f"Label image {path} holds values {bad} outside the {num_classes} {what} classes 0..{num_classes - 1} "
+                f"Label image {path} holds values {bad} outside the {n} {self.what} classes 0..{n - 1} "
                 "(a colour label from rgbLabels/ given instead of gtLabels/?)."
             )
         return raw
 
-    return label_map
 
-
-woodscape_label_map = _index_map(WOODSCAPE_NUM_CLASSES, "WoodScape")
-soiling_label_map = _index_map(len(SOILING_CLASS_NAMES), "soiling")
+woodscape_label_map = ClassIndexCheck(WOODSCAPE_NUM_CLASSES, "WoodScape")
+soiling_label_map = ClassIndexCheck(len(SOILING_CLASS_NAMES), "soiling")
 
 
 def _check_fraction(name: str, value: float) -> float:

@@ -100,7 +100,8 @@ def test_alpha_composite_matches_the_formula() -> None:
 
 def test_index_seed_namespaces() -> None:
     assert index_seed(0, 1, "val") == index_seed(0, 1, "val")
-    assert len({index_seed(0, 1, "val"), index_seed(0, 1, "test"), index_seed(1, 1, "val"), index_seed(0, 2, "val")}) == 4
+    seeds = {index_seed(0, 1, "val"), index_seed(0, 1, "test"), index_seed(1, 1, "val"), index_seed(0, 2, "val")}
+    assert len(seeds) == 4
 
 
 def test_anomalies_pickle_for_dataloader_workers(rgb: np.ndarray) -> None:
