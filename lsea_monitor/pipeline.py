@@ -177,8 +177,12 @@ class FrameScorer:
                                 f"the artefact expects {self.artefact.n_features}: it was calibrated on another "
                                 "model. Re-run lsea-calibrate with this checkpoint.")
 
-    def score_images(self, images: Sequence[np.ndarray]) -> list[FrameScore]:
-        """Score RGB ``uint8`` images of shape (H, W, 3), any size; never raises for a bad image."""
+    def score_images(self, images: Sequence[np.ndarray], *, seed: int | None = None) -> list[FrameScore]:
+        """Score RGB ``uint8`` images of shape (H, W, 3), any size; never raises for a bad image.
+
+        ``seed`` makes the Monte-Carlo draws reproducible (the node and the replay seed each frame
+        from its stamp, so both judge a frame identically); None draws from the global RNG.
+        """
         results: list[FrameScore | None] = [None] * len(images)
         resized, positions = [], []
         for i, image in enumerate(images):
@@ -191,14 +195,21 @@ class FrameScorer:
             batch = torch.from_numpy(np.stack(resized))
             if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
-            for i, fs in zip(positions, self.score_normalized(self.preprocessing.normalize(batch))):
+            scores = self.score_normalized(self.preprocessing.normalize(batch), seed=seed)
+            for i, fs in zip(positions, scores):
                 results[i] = fs
         return [r for r in results if r is not None]
 
-    def score_normalized(self, x: torch.Tensor) -> list[FrameScore]:
+    def score_normalized(self, x: torch.Tensor, *, seed: int | None = None) -> list[FrameScore]:
         """Score a normalised batch (B, 3, H, W); a model failure gives invalid scores, not an exception."""
         try:
-            h_z, finite = self._features_with_oom_retry(x)
+            if seed is None:
+                h_z, finite = self._features_with_oom_retry(x)
+            else:
+                devices = [self.device] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+                    torch.manual_seed(seed)
+                    h_z, finite = self._features_with_oom_retry(x)
         except Exception as err:  # noqa: BLE001 - a monitor must fail closed, whatever the model raised
             return [FrameScore.invalid(f"model error: {type(err).__name__}: {err}")] * len(x)
         scores = np.full(len(x), np.nan)
@@ -222,6 +233,11 @@ class FrameScorer:
             torch.cuda.empty_cache()
             parts = [self.extractor.features(x[i:i + 1]) for i in range(len(x))]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def frame_seed(stamp_ns: int) -> int:
+    """Seed of a frame's Monte-Carlo draws, from its header stamp (node and replay agree on it)."""
+    return int(stamp_ns) % (2**63 - 1)
 
 
 class Hysteresis:

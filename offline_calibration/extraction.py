@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -169,6 +170,8 @@ def extract_set(dataset: Dataset, cache: FeatureCache, module: pl.LightningModul
     -------
     dict of arrays, each with one row per image in index order (``index`` (N,), ``h_z`` (N, C), ...).
     """
+    # Lightning's per-Trainer banners (devices, tips) would repeat for every image set.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     done, _ = cache.load()
     todo = [i for i in range(len(dataset)) if i not in done]
     if todo:

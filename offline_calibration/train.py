@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: str | int = "auto"
+    val_every: int = 0  #: validate every n epochs; 0 = only after the last epoch
     extra: dict = field(default_factory=dict)
 
 
@@ -60,9 +61,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     model = DeepLabV3PlusModule(encoder_name=cfg.encoder_name, block_size=cfg.block_size, drop_prob=cfg.drop_prob,
                                 optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True)
+    callbacks = [best, TQDMProgressBar(refresh_rate=5)] if progress else [best]
+    # Validation only at the end of training by default: at full size it costs as much as an epoch.
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-                         default_root_dir=str(out), callbacks=[best, TQDMProgressBar(refresh_rate=5)],
-                         enable_progress_bar=progress, logger=False, deterministic=False, log_every_n_steps=5)
+                         default_root_dir=str(out), callbacks=callbacks, enable_progress_bar=progress,
+                         check_val_every_n_epoch=cfg.val_every or cfg.epochs, logger=False,
+                         enable_model_summary=progress, log_every_n_steps=5)
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=train_dm.train_dataloader(), val_dataloaders=val_dm.val_dataloader())
     seconds = time.perf_counter() - start
