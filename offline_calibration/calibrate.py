@@ -58,7 +58,16 @@ def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_i
 
 
 def random_kind_per_image(kinds: list[str], n: int, seed: int, split: str) -> np.ndarray:
-    """For the mixed OoD set ``all``: each image's anomaly kind, drawn with equal chance (seeded)."""
+    """For the mixed OoD set ``all``: each image's anomaly kind (position in ``kinds``), equal chance.
+
+    With the three original kinds, the pick is the one the data modules' anomaly loaders make
+    (``RandomAnomaly.kind_for``), so ``all`` alters each image with the same kind as they do.
+    """
+    from offline_calibration.anomalies import ANOMALY_KINDS, RandomAnomaly, index_seed
+
+    if sorted(kinds) == sorted(ANOMALY_KINDS):
+        picker = RandomAnomaly()
+        return np.array([kinds.index(picker.kind_for(index_seed(seed, i, split))) for i in range(n)])
     rng = np.random.default_rng([seed, sum(map(ord, split))])
     return rng.integers(len(kinds), size=n)
 
@@ -149,8 +158,8 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
     binding = ModelBinding(model_class=cfg.model.model_class, layer=cfg.model.layer, checkpoint_sha256=checkpoint_sha,
                            mc_samples=s.mc_samples, entropy_k=s.entropy_k or None)
     module = LatentExtractionModule(model, layer=cfg.model.layer, mc_samples=s.mc_samples, strategy=s.strategy,
-                                    entropy_k=s.entropy_k or None, precision=s.precision)
-    cache_key = {"checkpoint_sha256": checkpoint_sha, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
+                                    entropy_k=s.entropy_k or None, precision=s.precision, seed=s.seed)
+    cache_key = {"seed": s.seed, "checkpoint_sha256": checkpoint_sha, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
                  "entropy_k": s.entropy_k, "precision": s.precision, "preprocessing": preprocessing.to_dict(),
                  "dataset_root": d.root, "anomaly_seed": d.anomaly_seed, "max_images": d.max_images}
     run_kw = dict(batch_size=s.batch_size, num_workers=s.num_workers, accelerator=s.accelerator, devices=s.devices,
@@ -166,7 +175,7 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
     baseline_scores: dict[str, dict[str, np.ndarray]] = {}
     if cfg.baselines.enabled:
         b_cfg = cfg.baselines
-        b_module = ScoreExtractionModule(model, OutputBaselines(b_cfg.mc_samples or s.mc_samples))
+        b_module = ScoreExtractionModule(model, OutputBaselines(b_cfg.mc_samples or s.mc_samples), seed=s.seed)
         b_sets = build_image_sets(cfg, preprocessing, max_images=b_cfg.max_images or d.max_images)
         for set_name, dataset in b_sets.items():
             if set_name.startswith("val/") and set_name != "val/ind":

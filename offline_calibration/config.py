@@ -50,6 +50,7 @@ class SamplingConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     ddp_strategy: str = "auto"  #: Lightning strategy, e.g. ddp for multi-GPU / multi-node
+    seed: int = 0  #: base seed of the per-image Monte-Carlo draws (results do not depend on batching)
 
 
 @dataclass

@@ -96,6 +96,28 @@ class FeatureCache:
         return per_image, corrupted
 
 
+def image_seed(seed: int, namespace: str, index: int) -> int:
+    """Seed of one image's Monte-Carlo draws: a function of the image alone, never of batching,
+    worker count, rank or resumption, so an interrupted and resumed run equals an uninterrupted one."""
+    digest = hashlib.sha256(f"{seed}|{namespace}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _seeded_per_image(batch: dict[str, Any], seed: int, namespace: str,
+                      fn: Callable[[torch.Tensor], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Run ``fn`` on each image of the batch under that image's own seed; stack the rows."""
+    images, indices = batch["image"], batch["index"].cpu().tolist()
+    device_type = images.device.type
+    rows = []
+    for i, index in enumerate(indices):
+        with torch.random.fork_rng(devices=[images.device] if device_type == "cuda" else [], device_type=device_type):
+            torch.manual_seed(image_seed(seed, namespace, int(index)))
+            rows.append(fn(images[i:i + 1]))
+    out = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    out["index"] = np.asarray(indices, dtype=np.int64)
+    return out
+
+
 class LatentExtractionModule(pl.LightningModule):
     """Wraps the user's model for ``Trainer.predict``: per image, its latent entropies ``h_z`` (C,).
 
@@ -108,9 +130,11 @@ class LatentExtractionModule(pl.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, *, layer: str, mc_samples: int, strategy: str = "fast",
-                 entropy_k: int | None = None, precision: str = "fp32") -> None:
+                 entropy_k: int | None = None, precision: str = "fp32", seed: int = 0) -> None:
         super().__init__()
         self.model = model
+        self.seed = seed
+        self.namespace = ""  #: set per image set, so each set draws its own reproducible samples
         self.layer, self.mc_samples, self.strategy = layer, mc_samples, strategy
         self.entropy_k, self.precision = entropy_k, precision
         self.extractor: LatentFeatureExtractor | None = None
@@ -123,28 +147,37 @@ class LatentExtractionModule(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
         if self.extractor is None:
             self.on_predict_start()
-        h_z, finite = self.extractor.features(batch["image"])
-        if not finite.all():
-            bad = [int(i) for i, ok in zip(batch["index"], finite) if not ok]
+
+        def features(image: torch.Tensor) -> dict[str, np.ndarray]:
+            h_z, finite = self.extractor.features(image)
+            return {"h_z": h_z, "finite": finite}
+
+        out = _seeded_per_image(batch, self.seed, self.namespace, features)
+        if not out["finite"].all():
+            bad = out["index"][~out["finite"]].tolist()
             raise FloatingPointError(f"Non-finite latent samples for image indices {bad}: the model produced NaN/inf. "
                                      "Calibration never skips data; check the checkpoint and the inputs.")
-        return {"index": batch["index"].cpu().numpy().astype(np.int64), "h_z": h_z}
+        del out["finite"]
+        return out
 
 
 class ScoreExtractionModule(pl.LightningModule):
     """``Trainer.predict`` wrapper for per-image scores ``scores(model, images) -> dict[str, Tensor (B,)]``."""
 
     def __init__(self, model: torch.nn.Module,
-                 scores: Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]) -> None:
+                 scores: Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]], *, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.scores = scores
+        self.seed = seed
+        self.namespace = ""
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, np.ndarray]:
-        out = {"index": batch["index"].cpu().numpy().astype(np.int64)}
-        for name, values in self.scores(self.model, batch["image"]).items():
-            out[name] = values.detach().float().cpu().numpy().astype(np.float64)
-        return out
+        def scores(image: torch.Tensor) -> dict[str, np.ndarray]:
+            return {name: values.detach().float().cpu().numpy().astype(np.float64)
+                    for name, values in self.scores(self.model, image).items()}
+
+        return _seeded_per_image(batch, self.seed, self.namespace, scores)
 
 
 class CacheWriter(BasePredictionWriter):
@@ -172,6 +205,7 @@ def extract_set(dataset: Dataset, cache: FeatureCache, module: pl.LightningModul
     """
     # Lightning's per-Trainer banners (devices, tips) would repeat for every image set.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    module.namespace = str(cache.key.get("set", cache.root.name))
     done, _ = cache.load()
     todo = [i for i in range(len(dataset)) if i not in done]
     if todo:

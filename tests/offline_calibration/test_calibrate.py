@@ -1,0 +1,105 @@
+"""lsea-calibrate end to end on the tiny session monitor: report, artefact, cache reuse, config errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lsea_monitor.artefact import DetectorArtefact, sha256_file
+from lsea_monitor.errors import InputValidationError
+from offline_calibration.calibrate import main, run_calibration
+from offline_calibration.config import load_config
+from offline_calibration.extraction import FeatureCache
+
+
+@pytest.fixture(scope="module")
+def report(monitor_files) -> dict:
+    return json.loads(monitor_files.report.read_text())
+
+
+def test_report_has_every_metric_per_detector_and_ood_set(report: dict) -> None:
+    keys = {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr_ood_positive", "fpr_at_95_tpr_ind_positive",
+            "accuracy", "mcc", "f1"}
+    assert set(report["detectors"]) == {"kde_classifier", "one_class_kde", "mahalanobis"}
+    assert set(report["baselines"]) == {"msp", "energy", "mcd_entropy"}
+    for group in ("detectors", "baselines"):
+        for result in report[group].values():
+            assert set(result["ood_sets"]) == {"all", "mud", "fog", "sunflare"}
+            for m in result["ood_sets"].values():
+                assert keys <= set(m)
+                assert 0.0 <= m["auroc"] <= 1.0
+    assert set(report["cross_type"]) == {"held_out_mud", "held_out_fog", "held_out_sunflare"}
+    assert report["cross_type"]["held_out_fog"]["fitted_on"] == ["mud", "sunflare"]
+    assert "OpenOOD" in report["metric_conventions"]["fpr_at_95_tpr_ood_positive"]
+
+
+def test_report_files_and_artefact(monitor_files, report: dict) -> None:
+    out = monitor_files.report.parent
+    md = (out / "report.md").read_text()
+    for rel in report["plots"].values():
+        assert (out / rel).is_file() and (out / rel).read_bytes()[:4] == b"\x89PNG"
+        assert rel in md
+    art = DetectorArtefact.load(report["deployed"]["artefact"],
+                                expect_checkpoint_sha256=sha256_file(monitor_files.checkpoint))
+    assert art.binding.mc_samples == 8 and art.binding.layer == monitor_files.layer
+    assert art.threshold == pytest.approx(report["deployed"]["threshold"])
+    assert art.metrics["test_all"]["auroc"] == pytest.approx(report["detectors"]["kde_classifier"]["ood_sets"]["all"]["auroc"])
+    assert (art.preprocessing.height, art.preprocessing.width) == (monitor_files.height, monitor_files.width)
+
+
+def test_threshold_from_out_of_fold_scores_holds_on_fresh_ind(monitor_files) -> None:
+    """In-sample KDE scores are optimistic; the out-of-fold threshold keeps ~95 % of fresh InD accepted."""
+    from lsea_monitor.artefact import ModelBinding
+    from lsea_monitor.preprocessing import Preprocessing
+    from offline_calibration.calibrate import fit_detectors
+
+    cfg = load_config(monitor_files.report.parent.parent / "calibration.yaml")
+    cfg.detection.pca_components = 4
+    cfg.detection.threshold_folds = 5
+    rng = np.random.default_rng(0)
+    val_ind, val_ood = rng.normal(0, 1, (400, 12)), rng.normal(0.7, 1.4, (400, 12))
+    fresh_ind = rng.normal(0, 1, (4000, 12))
+    binding = ModelBinding("m:M", "l", "0" * 64, 8)
+    for name, art in fit_detectors(cfg, val_ind, val_ood, binding, Preprocessing()).items():
+        accepted = float(np.mean(art.score_features(fresh_ind) <= art.threshold))
+        assert 0.92 <= accepted <= 0.98, (name, accepted)
+
+
+def test_resumed_run_equals_uninterrupted_run(monitor_files, tmp_path: Path) -> None:
+    """Entries lost (as after a kill) or corrupted are recomputed with the same per-image seeds."""
+    cfg_path = monitor_files.report.parent.parent / "calibration.yaml"
+    data = yaml.safe_load(cfg_path.read_text())
+    work = tmp_path / "rerun"
+    shutil.copytree(monitor_files.report.parent / "cache", work / "cache")
+    data.update(output_dir=str(work), cache_dir=str(work / "cache"))
+    data["dataset"]["root"] = str(monitor_files.data_root)
+    data["model"]["checkpoint"] = str(monitor_files.checkpoint)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    latent = work / "cache" / "latent"
+    corrupted = sorted((latent / "test-fog").glob("batch-*.npz"))[0]
+    corrupted.write_bytes(corrupted.read_bytes()[:100])
+    for lost in (latent / "val-ind").glob("batch-*.npz"):
+        lost.unlink()
+    report = run_calibration(load_config(tmp_path / "c.yaml"), progress=False, log=lambda *_: None)
+    original = json.loads(monitor_files.report.read_text())
+    assert report["detectors"] == original["detectors"]
+    assert report["baselines"] == original["baselines"]
+    entries, bad = FeatureCache(latent / "test-fog", json.loads((latent / "test-fog" / "key.json").read_text())).load()
+    assert not bad and len(entries) == original["data"]["test/fog"]
+
+
+def test_config_errors_are_named(monitor_files, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"output_dir": "o", "dataset": {"root": str(monitor_files.data_root), "rooot": 1}}))
+    with pytest.raises(InputValidationError, match=r"Unknown config key\(s\) \['dataset.rooot'\]"):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump({"output_dir": "o", "dataset": {"root": str(monitor_files.data_root)},
+                                   "model": {"checkpoint": "missing.ckpt"}}))
+    with pytest.raises(InputValidationError, match="model.checkpoint .*missing.ckpt.* is not a file"):
+        load_config(bad)
+    assert main(["--config", str(bad)]) == 2
