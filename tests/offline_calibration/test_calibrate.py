@@ -103,3 +103,15 @@ def test_config_errors_are_named(monitor_files, tmp_path: Path) -> None:
     with pytest.raises(InputValidationError, match="model.checkpoint .*missing.ckpt.* is not a file"):
         load_config(bad)
     assert main(["--config", str(bad)]) == 2
+
+
+@pytest.mark.parametrize("name", ["cityscapes.yaml", "woodscape.yaml"])
+def test_shipped_configs_parse(monitor_files, name: str) -> None:
+    """The example configs only need their paths changed: every key is known and typed right."""
+    from importlib.resources import files
+
+    path = Path(str(files("offline_calibration") / "configs" / name))
+    overrides = {"dataset.root": str(monitor_files.data_root), "model.checkpoint": str(monitor_files.checkpoint)}
+    cfg = load_config(path, overrides)
+    assert cfg.dataset.kind == name.split(".")[0]
+    assert cfg.model.layer == "deeplab_v3plus_model.drop_block1"
