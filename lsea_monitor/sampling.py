@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal
@@ -304,7 +304,6 @@ class _PassState:
     expand_by: int | None
     allow_expand: bool = True
     expanded_at: str | None = None
-    seen: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
