@@ -178,8 +178,50 @@ def entropy_per_dim(
     """
     x, was_numpy = _to_work_tensor(samples)
     k = _validate(x, k, min_dist)
+    if x.device.type == "cpu":
+        h = torch.from_numpy(_entropy_per_dim_cpu(x.numpy(), k, min_dist))
+        return _finish(h if was_numpy else h.to(x.dtype), was_numpy)
     eps = _kth_neighbour_1d(x, k)  # (..., C, M)
     return _finish(_kl_sum(eps, x.shape[-2], 1, k, min_dist), was_numpy)
+
+
+#: Distances are multiplied in groups of this size before one log per group (log is the costly
+#: op); with distances in [min_dist, _PRODUCT_SAFE_MAX] a group's product stays a normal float64.
+_LOG_GROUP = 16
+_PRODUCT_SAFE_MAX = 1e18
+
+
+def _entropy_per_dim_cpu(x: np.ndarray, k: int, min_dist: float) -> np.ndarray:
+    """The per-dimension estimator in numpy, working along axis -2 of (..., M, C) in place.
+
+    Same arithmetic as :func:`_kth_neighbour_1d` + :func:`_kl_sum`, but it keeps the (M, C)
+    layout (each slice along M is a contiguous block: no transposed copy) and reuses buffers;
+    2 to 3 times faster on the CPU for the sizes the monitor uses.
+    """
+    m = x.shape[-2]
+    s = np.sort(x, axis=-2)
+    # Pad k values of -inf/+inf on both sides so that every window fits: an impossible window
+    # gets an infinite distance and never wins the minimum.
+    p = np.empty(x.shape[:-2] + (m + 2 * k, x.shape[-1]))
+    p[..., :k, :] = -np.inf
+    p[..., k + m :, :] = np.inf
+    p[..., k : k + m, :] = s
+    best = p[..., 2 * k : 2 * k + m, :] - s  # a = 0: the k-th neighbour on the right
+    left, right = np.empty_like(best), np.empty_like(best)
+    for a in range(1, k + 1):
+        b = k - a
+        np.subtract(s, p[..., k - a : k - a + m, :], out=left)
+        np.subtract(p[..., k + b : k + b + m, :], s, out=right)
+        np.maximum(left, right, out=left)
+        np.minimum(best, left, out=best)
+    np.maximum(best, min_dist, out=best)
+    if float(best.max()) < _PRODUCT_SAFE_MAX:
+        log_sum = np.zeros(best.shape[:-2] + best.shape[-1:])
+        for start in range(0, m, _LOG_GROUP):
+            log_sum += np.log(np.prod(best[..., start : start + _LOG_GROUP, :], axis=-2))
+    else:
+        log_sum = np.log(best).sum(axis=-2)
+    return float(digamma(m) - digamma(k)) + (log_sum + m * np.log(2.0)) / m
 
 
 def entropy_joint(samples: ArrayT, k: int | None = None, min_dist: float = 1e-5) -> ArrayT:

@@ -223,3 +223,15 @@ def test_bad_min_dist_raises(min_dist: object) -> None:
 def test_non_numeric_input_raises() -> None:
     with pytest.raises(InputValidationError, match="could not convert"):
         entropy_per_dim([["a", "b"], ["c", "d"]])
+
+
+def test_device_path_equals_cpu_path_on_cpu() -> None:
+    """The torch window implementation (used on GPUs) equals the numpy one (used on the CPU)."""
+    from lsea_monitor.entropy import _entropy_per_dim_cpu, _kl_sum, _kth_neighbour_1d
+
+    rng = np.random.default_rng(3)
+    for m in (3, 6, 10, 32, 64):
+        x = np.round(rng.normal(size=(2, m, 40)), 2)  # rounding makes ties
+        k = min(5, m - 1)
+        device_path = _kl_sum(_kth_neighbour_1d(torch.from_numpy(x), k), m, 1, k, 1e-5).numpy()
+        np.testing.assert_allclose(_entropy_per_dim_cpu(x, k, 1e-5), device_path, rtol=0, atol=1e-12)
