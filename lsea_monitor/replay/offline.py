@@ -175,26 +175,30 @@ class Scorer(Protocol):
 
 
 def frame_seed(header_stamp_ns: int) -> int:
-    """Seed of a frame's MC-dropout draws: its header stamp in ns, folded to 63 bits.
+    """Seed of a frame's MC-dropout draws from its header stamp in ns (:func:`lsea_monitor.pipeline.frame_seed`).
 
-    The same frame gets the same draws in every run and, when the node seeds the same way, in the node.
+    The same frame gets the same draws in every run and, as the node seeds the same way, in the node.
     """
-    try:
-        from lsea_monitor.pipeline import frame_seed as core_frame_seed  # the core's, once it has one
-    except ImportError:
-        return int(header_stamp_ns) % (1 << 63)
+    from lsea_monitor.pipeline import frame_seed as core_frame_seed
+
     return int(core_frame_seed(header_stamp_ns))
 
 
-def _accepts_seeds(scorer: Any) -> bool:
+def _accepts_seed(scorer: Any) -> bool:
     try:
-        return "seeds" in inspect.signature(scorer.score_images).parameters
+        return "seed" in inspect.signature(scorer.score_images).parameters
     except (TypeError, ValueError):
         return False
 
 
 def score_seeded(scorer: Any, images: Sequence[np.ndarray], seed: int) -> list[Any]:
-    """``scorer.score_images(images)`` with torch's generators seeded by ``seed`` (global state restored)."""
+    """``scorer.score_images(images)`` with the MC draws seeded by ``seed`` (torch's global state restored).
+
+    Uses the core's own ``score_images(..., seed=)`` when it has one (the node's path); otherwise seeds
+    torch's generators around the call the same way.
+    """
+    if _accepts_seed(scorer):
+        return scorer.score_images(images, seed=seed)
     import torch
 
     device = getattr(scorer, "device", None)
@@ -360,7 +364,6 @@ def run_offline(bag: BagReader, topic: str, scorer: Any, cfg: MonitorConfig, *, 
     hyst = Hysteresis(**cfg.hysteresis())
     result = ModeResult(mode="offline", extra={"seeded": seeded, "batch_size": batch_size, "restamp": restamp})
     threshold = float(scorer.threshold)
-    core_seeds = _accepts_seeds(scorer)
     source = Prefetch(iter_frames(bag, topic, max_pixels=cfg.max_image_pixels, restamp=restamp), depth=2 * batch_size + 2)
     pending: list[tuple[DecodedFrame, float]] = []
     t_start = time.perf_counter()
@@ -371,12 +374,7 @@ def run_offline(bag: BagReader, topic: str, scorer: Any, cfg: MonitorConfig, *, 
         if good:
             images = [d.rgb for d, _ in good]
             seeds = [frame_seed(d.frame.header_stamp_ns) for d, _ in good]
-            if not seeded:
-                out = scorer.score_images(images)
-            elif core_seeds and batch_size == 1:
-                out = scorer.score_images(images, seeds=seeds)
-            else:
-                out = score_seeded(scorer, images, seeds[0])
+            out = score_seeded(scorer, images, seeds[0]) if seeded else scorer.score_images(images)
             scores = {d.frame.index: s for (d, _), s in zip(good, out)}
         t_done = time.perf_counter()
         for d, t0 in pending:

@@ -142,3 +142,18 @@ def replay_monitor(request: pytest.FixtureRequest) -> Any:
         return request.getfixturevalue("monitor_files")
     except pytest.FixtureLookupError:
         pytest.skip("the monitor_files fixture (a trained checkpoint + calibrated artefact) is not available")
+
+
+@pytest.fixture(scope="session")
+def demo_bags(replay_monitor, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny demo drives from the monitor's own dataset: 4 InD, then 2 OoD + 2 InD per anomaly kind (16 frames)."""
+    from lsea_monitor.replay.demo_bag import DemoBagConfig, build_demo_bag
+
+    root = tmp_path_factory.mktemp("demo_bags")
+    out = {}
+    for name, storage, compressed in (("mcap_raw", "mcap", "none"), ("sqlite3_png", "sqlite3", "png")):
+        cfg = DemoBagConfig(ind_frames=4, ood_frames=2, gap_frames=2, compressed=compressed)
+        summary = build_demo_bag(replay_monitor.data_root, root / name, storage=storage, cfg=cfg)
+        assert summary["frames"] == 16 and len(summary["intervals"]) == 3
+        out[name] = root / name
+    return out

@@ -86,9 +86,12 @@ def test_truncated_bag_gives_an_incomplete_result(make_bag, fake_scorer: FakeSco
     assert 0 < len(res.verdicts) == len(res.frames) < 30
 
 
-def test_frame_seed_is_the_header_stamp() -> None:
+def test_frame_seed_is_the_cores() -> None:
+    from lsea_monitor.pipeline import frame_seed as core_frame_seed
+
+    for stamp in (0, 1_700_000_000_123_456_789, 2**64 - 1):
+        assert frame_seed(stamp) == core_frame_seed(stamp)
     assert frame_seed(1_700_000_000_123_456_789) == 1_700_000_000_123_456_789
-    assert 0 <= frame_seed(2**64 - 1) < 2**63
 
 
 # --- the node's parameters ---------------------------------------------------------------------
@@ -261,21 +264,6 @@ def test_cli_errors(make_bag, tmp_path: Path, cli_fake: FakeScorer, capsys: pyte
 # --- the real monitor ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_bags(replay_monitor, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny demo drives from the monitor's own dataset: 4 InD, then 2 OoD + 2 InD per anomaly kind (16 frames)."""
-    from lsea_monitor.replay.demo_bag import DemoBagConfig, build_demo_bag
-
-    root = tmp_path_factory.mktemp("demo_bags")
-    out = {}
-    for name, storage, compressed in (("mcap_raw", "mcap", "none"), ("sqlite3_png", "sqlite3", "png")):
-        cfg = DemoBagConfig(ind_frames=4, ood_frames=2, gap_frames=2, compressed=compressed)
-        summary = build_demo_bag(replay_monitor.data_root, root / name, storage=storage, cfg=cfg)
-        assert summary["frames"] == 16 and len(summary["intervals"]) == 3
-        out[name] = root / name
-    return out
-
-
 def monitor_args(m) -> list[str]:
     return ["--artefact", str(m.artefact), "--checkpoint", str(m.checkpoint), "--model-class", m.model_class,
             "--layer", m.layer, "--device", "cpu"]
@@ -284,7 +272,6 @@ def monitor_args(m) -> list[str]:
 @pytest.mark.slow
 def test_real_monitor_offline_is_deterministic_and_equals_the_core(replay_monitor, demo_bags, tmp_path: Path) -> None:
     from lsea_monitor.pipeline import FrameScorer
-    from lsea_monitor.replay.offline import score_seeded
 
     bag = demo_bags["mcap_raw"]
     args = [str(bag), "--image-topic", "/camera/image_raw", "--gt-file", str(bag / "ground_truth.yaml"), "--mode",
@@ -305,7 +292,7 @@ def test_real_monitor_offline_is_deterministic_and_equals_the_core(replay_monito
                                     layer=replay_monitor.layer, artefact=str(replay_monitor.artefact), device="cpu")
     with BagReader(bag) as b:
         frames = list(iter_frames(b, "/camera/image_raw"))
-    direct = [score_seeded(scorer, [d.rgb], frame_seed(d.frame.header_stamp_ns))[0].score for d in frames[:4]]
+    direct = [scorer.score_images([d.rgb], seed=frame_seed(d.frame.header_stamp_ns))[0].score for d in frames[:4]]
     replayed = [float(r.split(",")[7]) for r in csv_a[1:5]]
     assert replayed == direct
     assert a["monitor"]["threshold"] == pytest.approx(scorer.threshold)

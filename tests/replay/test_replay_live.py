@@ -1,0 +1,114 @@
+"""Live mode against the real node process (``python -m lsea_monitor.node``), over real rclpy middleware.
+
+Every process here runs with the ``ros_env`` environment (LOCALHOST discovery, a DDS domain of its
+own) and is stopped by the test (the tool stops the node it starts; the test stops the one it starts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy", reason="live mode needs the ROS 2 wheels (pip install lsea-monitor[ros])")
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+def monitor_args(m) -> list[str]:
+    return ["--artefact", str(m.artefact), "--checkpoint", str(m.checkpoint), "--model-class", m.model_class,
+            "--layer", m.layer, "--device", "cpu"]
+
+
+def run_tool(args: list[str], env: dict[str, str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lsea_monitor.replay.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+def node_seeds_frames() -> bool:
+    """Whether the node seeds each frame's MC draws from its stamp (then it must agree with offline to 1e-5)."""
+    import inspect
+
+    from lsea_monitor import node
+
+    return "frame_seed" in inspect.getsource(node)
+
+
+def test_both_modes_against_a_started_node(replay_monitor, demo_bags, tmp_path: Path, ros_env) -> None:
+    bag = demo_bags["mcap_raw"]
+    out = tmp_path / "eval"
+    proc = run_tool([str(bag), "--image-topic", "/camera/image_raw", "--gt-topic", "/ground_truth/ood", "--mode",
+                     "both", "--rate", "1.0", "--out", str(out), "--output-bag", str(out / "verdicts.mcap"),
+                     *monitor_args(replay_monitor)], ros_env)
+    report = json.loads((out / "report.json").read_text())
+    live = report["modes"]["live"]
+    run = live["run"]
+    assert run["published"] == 16 and run["node_exit_code"] == 0, proc.stderr[-3000:]
+    assert run["started_node"] and run["ros_domain_id"] == ros_env["ROS_DOMAIN_ID"]
+    assert 0 < live["n_judged"] <= 16 and live["judged_fraction"] == live["n_judged"] / 16
+    assert live["dropped"] == 16 - live["n_judged"]
+    assert math.isfinite(live["latency"]["p50_ms"]) and live["latency"]["p99_ms"] >= live["latency"]["p50_ms"]
+    assert live["node_latency"]["n"] == live["n_judged"]
+    assert run["ood_topic_consistent"] and run["unmatched_verdicts"] == 0
+    assert report["modes"]["offline"]["n_judged"] == 16
+    ag = report["agreement"]
+    assert ag["n_common"] > 0 and ag["tolerance"] == 1e-5
+    md = (out / "report.md").read_text()
+    assert ("Offline vs live: AGREE" if ag["ok"] else "Offline vs live: DISAGREE") in md
+    if node_seeds_frames():
+        assert ag["ok"], ag
+        assert proc.returncode == 0 and report["status"]["complete"]
+    else:  # the node's draws are not seeded per frame yet: the check must say so, with its own exit code
+        assert not ag["ok"] and proc.returncode == 4 and "seed" in ag["note"]
+    assert (out / "timeline.png").is_file() and (out / "frames_live.csv").is_file()
+    from lsea_monitor.replay.bag_io import BagReader
+
+    with BagReader(out / "verdicts.mcap") as b:
+        topics = b.topics()
+    assert topics["/lsea_monitor/verdict"].count == 16
+    assert topics["/lsea_monitor/live/verdict"].count == live["n_judged"]
+
+
+def test_live_attached_to_a_running_compressed_node(replay_monitor, demo_bags, tmp_path: Path, ros_env) -> None:
+    m = replay_monitor
+    node = subprocess.Popen(
+        [sys.executable, "-m", "lsea_monitor.node", "--ros-args", "-r", "__ns:=/robot", "-p", f"checkpoint:={m.checkpoint}",
+         "-p", f"artefact:={m.artefact}", "-p", "device:=cpu", "-p", "input_type:=compressed",
+         "-p", "qos.reliability:=reliable", "-r", "image:=/camera/image_raw/compressed"],
+        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = tmp_path / "eval"
+        proc = run_tool([str(demo_bags["sqlite3_png"]), "--image-topic", "/camera/image_raw/compressed", "--gt-file",
+                         str(demo_bags["sqlite3_png"] / "ground_truth.csv"), "--mode", "live", "--attach",
+                         "--namespace", "robot", "--rate", "2.0", "--out", str(out)], ros_env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads((out / "report.json").read_text())
+        live = report["modes"]["live"]
+        assert report["status"]["complete"] and not live["run"]["started_node"]
+        assert live["run"]["node"] == "/robot/lsea_monitor" and live["run"]["published"] == 16
+        assert live["n_judged"] > 0 and live["detection_delay"]["summary"]["n_intervals"] == 3
+        assert math.isfinite(report["monitor"]["threshold"])  # taken from the node's verdicts
+        assert node.poll() is None  # the tool leaves a node it did not start running
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait(timeout=10)
+
+
+def test_node_that_cannot_start_is_a_clear_live_error(replay_monitor, demo_bags, tmp_path: Path, ros_env) -> None:
+    out = tmp_path / "eval"
+    proc = run_tool([str(demo_bags["mcap_raw"]), "--image-topic", "/camera/image_raw", "--mode", "live", "--out",
+                     str(out), "--artefact", str(tmp_path / "missing.safetensors"), "--checkpoint",
+                     str(replay_monitor.checkpoint), "--startup-timeout", "120"], ros_env, timeout_s=300)
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    assert "monitor node exited" in proc.stderr and "missing.safetensors" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"]["error_type"] == "LiveModeError" and not report["status"]["complete"]
