@@ -35,6 +35,7 @@ from lsea_monitor.replay.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_USAGE,
+    LiveModeError,
     ReplayError,
 )
 from lsea_monitor.replay.offline import (
@@ -218,6 +219,7 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
                              "model_id": getattr(scorer, "model_id", ""),
                              "artefact_id": getattr(scorer, "artefact_id", ""), "params_files": args.params_file}
         results: dict[str, ModeResult] = {}
+        live_error: LiveModeError | None = None
         if scorer is not None:
             _log(args, f"[offline] scoring {topic_info.count} frames of {args.image_topic} ...")
             step = max(1, topic_info.count // 10)
@@ -245,12 +247,20 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
                               use_sim_time=not args.no_sim_time, restamp=args.restamp,
                               log_path=str(out_dir / "node.log"))
             _log(args, f"[live] playing {topic_info.count} frames at {args.rate:g}x against {lcfg.node_fqn()} ...")
-            results["live"] = run_live(bag, args.image_topic, lcfg, log=lambda s: _log(args, s))
-            if not results["live"].complete:
-                problems.append(f"live: {results['live'].error}")
-            if math.isnan(threshold):
-                threshold = float(results["live"].extra.get("threshold", math.nan))
-                report["monitor"]["threshold"] = threshold
+            try:
+                results["live"] = run_live(bag, args.image_topic, lcfg, log=lambda s: _log(args, s))
+            except LiveModeError as err:
+                if "offline" not in results:
+                    raise
+                live_error = err  # keep the offline figures; the report says live failed
+                problems.append(f"live: {err}")
+                report["status"]["error_type"] = type(err).__name__
+            else:
+                if not results["live"].complete:
+                    problems.append(f"live: {results['live'].error}")
+                if math.isnan(threshold):
+                    threshold = float(results["live"].extra.get("threshold", math.nan))
+                    report["monitor"]["threshold"] = threshold
         elif args.mode in ("live", "both"):
             problems.append("live: not run, the bag could not be read to the end offline")
         n_frames = max((len(r.frames) for r in results.values()), default=0)
@@ -259,6 +269,8 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
         complete = bool(results) and all(r.complete for r in results.values()) and len(results) == (
             2 if args.mode == "both" else 1)
         code = EXIT_OK if complete else EXIT_CORRUPT
+        if live_error is not None:
+            code = live_error.exit_code
         if "offline" in results and "live" in results:
             ag = _agreement(results["offline"], results["live"], args.agreement_tol)
             report["agreement"] = ag

@@ -311,6 +311,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
             if node_proc is not None and not node_proc.alive():
                 break
         time.sleep(0.2)
+        result.wall_s = time.monotonic() - t0
     finally:
         if source is not None:
             source.close()
