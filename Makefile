@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 WORK ?= work_dirs
 # No discovery traffic may leave this machine; each make run gets its own DDS domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+# Idle OpenMP threads yield instead of spinning: on a shared 2-core machine spinning starves the
+# other process (the ROS node, the camera publisher) and slows everything down.
+export OMP_WAIT_POLICY ?= PASSIVE
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 10 )))
 
 .PHONY: install test test-fast demo bench colcon clean
