@@ -153,6 +153,11 @@ class MonitorNode(LifecycleNode):
                     self.destroy_publisher(pub)
             self._verdict_pub = self._ood_pub = None
 
+    @property
+    def status_prefix(self) -> str:
+        """Diagnostic status names start with the node's namespaced name: 'front/lsea_monitor'."""
+        return self.get_fully_qualified_name().lstrip("/")
+
     def state_label(self) -> str:
         try:
             return str(self._state_machine.current_state[1])
@@ -204,7 +209,7 @@ class MonitorNode(LifecycleNode):
             latency_ms = NAN if recv_ns is None else (time.monotonic_ns() - recv_ns) / 1e6
             s = self._scorer
             msg = node_msgs.verdict_array(
-                header, name=f"{self.get_name()}: ood verdict", hardware_id=str(s.device), flag=flag,
+                header, name=f"{self.status_prefix}: ood verdict", hardware_id=str(s.device), flag=flag,
                 raw_is_ood=bool(result.is_ood), valid=result.valid, score=result.score, threshold=s.threshold,
                 latency_ms=latency_ms, inference_ms=inference_ms, mc_samples=s.mc_samples, reason=result.reason)
             try:
@@ -238,7 +243,7 @@ class MonitorNode(LifecycleNode):
 
     def _publish_health(self) -> None:
         msg = node_msgs.health_array(
-            self._stats.snapshot(time.monotonic()), name=f"{self.get_name()}: health", state=self.state_label(),
+            self._stats.snapshot(time.monotonic()), name=f"{self.status_prefix}: health", state=self.state_label(),
             stale=self._stale, scorer=self._scorer, mc_samples=self.params.mc_samples,
             input_topic=self._sub.topic_name if self._sub else "",
             flag=self._hysteresis.flag if self._hysteresis is not None else True)

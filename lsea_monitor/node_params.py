@@ -39,11 +39,13 @@ class ParamSpec:
 
 
 SPECS: tuple[ParamSpec, ...] = (
-    ParamSpec("autostart", "autostart", True, "Configure and activate at start-up; exit non-zero if that fails.", STARTUP),
+    ParamSpec("autostart", "autostart", True, "Configure and activate at start-up; exit non-zero if that fails.",
+              STARTUP),
     ParamSpec("input_type", "input_type", "raw", "Message type on 'image': raw (sensor_msgs/Image) or compressed "
               "(sensor_msgs/CompressedImage, JPEG or PNG).", ACTIVATE, choices=("raw", "compressed")),
     ParamSpec("checkpoint", "checkpoint", "", "Model checkpoint file the artefact was calibrated with.", CONFIGURE),
-    ParamSpec("model_class", "model_class", "", "Model class as 'package.module:Class'; '' = the artefact's.", CONFIGURE),
+    ParamSpec("model_class", "model_class", "", "Model class as 'package.module:Class'; '' = the artefact's.",
+              CONFIGURE),
     ParamSpec("layer", "layer", "", "Dotted path of the hooked latent layer; '' = the artefact's.", CONFIGURE),
     ParamSpec("artefact", "artefact", "", "Detector artefact (.safetensors) written by lsea-calibrate.", CONFIGURE),
     ParamSpec("device", "device", "auto", "auto (GPU when present), cpu, cuda or cuda:N.", CONFIGURE),
@@ -53,9 +55,12 @@ SPECS: tuple[ParamSpec, ...] = (
               CONFIGURE, 0, 1024),
     ParamSpec("max_rate_hz", "max_rate_hz", 0.0, "Most frames processed per second; 0 = as fast as possible.", LIVE,
               0.0, 1000.0),
-    ParamSpec("hysteresis.raise_after", "raise_after", 3, "Raise the flag after k OoD frames in the window.", LIVE, 1, 1000),
-    ParamSpec("hysteresis.window", "window", 5, "n, the number of recent frames the raise rule looks at.", LIVE, 1, 1000),
-    ParamSpec("hysteresis.clear_after", "clear_after", 5, "Clear the flag after m consecutive InD frames.", LIVE, 1, 1000),
+    ParamSpec("hysteresis.raise_after", "raise_after", 3, "Raise the flag after k OoD frames in the window.", LIVE,
+              1, 1000),
+    ParamSpec("hysteresis.window", "window", 5, "n, the number of recent frames the raise rule looks at.", LIVE,
+              1, 1000),
+    ParamSpec("hysteresis.clear_after", "clear_after", 5, "Clear the flag after m consecutive InD frames.", LIVE,
+              1, 1000),
     ParamSpec("watchdog_timeout_s", "watchdog_timeout_s", 1.0, "No image for this long -> stale ERROR verdicts and "
               "the flag raised; 0 disables the watchdog (not for a vehicle).", LIVE, 0.0, 3600.0),
     ParamSpec("qos.reliability", "qos_reliability", "best_effort", "Reliability of the image subscription.", ACTIVATE,

@@ -64,7 +64,8 @@ def image_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     row_bytes = width * channels * depth
     if step < row_bytes:
         raise ImageDecodeError(
-            f"Image step {step} is shorter than a row: width {width} x {channels} channel(s) x {depth} byte(s) = {row_bytes}."
+            f"Image step {step} is shorter than a row: width {width} x {channels} channel(s) x {depth} "
+            f"byte(s) = {row_bytes}."
         )
     n_bytes = len(msg.data)
     if n_bytes != step * height:
@@ -145,7 +146,8 @@ def compressed_to_rgb(msg: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     try:
         decoded = _bridge.compressed_imgmsg_to_cv2(msg, desired_encoding="passthrough")
     except Exception as err:
-        raise ImageDecodeError(f"cv_bridge could not decode a {len(data)}-byte {kind} CompressedImage: {err!r}") from err
+        raise ImageDecodeError(
+            f"cv_bridge could not decode a {len(data)}-byte {kind} CompressedImage: {err!r}") from err
     if decoded is None:
         raise ImageDecodeError(f"Could not decode {kind} CompressedImage data ({len(data)} bytes, format {fmt!r}).")
     import cv2  # cv_bridge needs it anyway

@@ -6,6 +6,7 @@ Builds on ``ros_env``, ``ros_domain_id`` and ``monitor_files`` from tests/confte
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,9 +22,13 @@ def stream_frames(monitor_files: Any, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def probe(ros_domain_id: int) -> Iterator[Probe]:
-    """An rclpy node in the test process on the test's DDS domain (verdicts, flags, /diagnostics)."""
+    """An rclpy node in the test process on the test's DDS domain (verdicts, flags, /diagnostics).
+
+    It listens to a node in a namespace of its own (pass ``namespace=probe.namespace`` to
+    node_command): DDS domains are drawn at random, and another test's monitor may share one.
+    """
     pytest.importorskip("rclpy", reason="ROS 2 Python wheels (ros-rclpy) not installed")
-    p = Probe(domain_id=ros_domain_id)
+    p = Probe(domain_id=ros_domain_id, namespace=f"t{uuid.uuid4().hex[:10]}")
     try:
         yield p
     finally:

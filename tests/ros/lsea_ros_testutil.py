@@ -36,14 +36,20 @@ def ros_value(value: Any) -> str:
 
 
 def node_command(files: Any, *, params_file: Path = PARAMS_YAML, executable: Optional[list[str]] = None,
-                 **params: Any) -> list[str]:
-    """The node's command line: the launch files' parameter YAML, then the model and ``params``."""
+                 namespace: str = "", **params: Any) -> list[str]:
+    """The node's command line: the launch files' parameter YAML, then the model and ``params``.
+
+    ``namespace`` (the probe's) keeps the test's topics and status names apart from any other
+    monitor that might share the DDS domain.
+    """
     base = {"checkpoint": str(files.checkpoint), "artefact": str(files.artefact), "device": "cpu"}
     base.update(params)
     cmd = list(executable or [sys.executable, "-m", "lsea_monitor.node"])
     cmd += ["--ros-args", "--params-file", str(params_file)]
     for name, value in base.items():
         cmd += ["-p", f"{name}:={ros_value(value)}"]
+    if namespace:
+        cmd += ["-r", f"__ns:=/{namespace}"]
     return cmd
 
 
@@ -61,7 +67,8 @@ class NodeProcess:
         return self.proc.poll()
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait(self, timeout_s: float) -> int:
@@ -113,7 +120,9 @@ class Probe:
         rclpy.init(context=self.context, domain_id=self.domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("lsea_test_probe", context=self.context)
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        prefix = f"{self.namespace}/lsea_monitor" if self.namespace else "/lsea_monitor"
+        self.status_prefix = f"{self.namespace}/lsea_monitor" if self.namespace else "lsea_monitor"
+        self.image_topic = f"/{self.namespace}/image" if self.namespace else "/image"
+        prefix = f"/{self.status_prefix}"
         self._lock = threading.RLock()
         self.node.create_subscription(DiagnosticArray, f"{prefix}/verdict", self._keep(self.verdicts), qos)
         self.node.create_subscription(Bool, f"{prefix}/ood", self._keep(self.flags), qos)
@@ -136,7 +145,7 @@ class Probe:
         return callback
 
     def _keep_health(self, msg: Any) -> None:
-        if any(s.name.endswith("lsea_monitor: health") for s in msg.status):
+        if any(s.name == f"{self.status_prefix}: health" for s in msg.status):
             with self._lock:
                 self.health.append(Received(time.time(), msg))
 
@@ -207,7 +216,7 @@ def health_values(probe: Probe) -> Optional[dict[str, str]]:
     _, _, health = probe.snapshot()
     if not health:
         return None
-    status = next(s for s in health[-1].msg.status if s.name.endswith("lsea_monitor: health"))
+    status = next(s for s in health[-1].msg.status if s.name == f"{probe.status_prefix}: health")
     return {kv.key: kv.value for kv in status.values}
 
 
@@ -276,7 +285,8 @@ def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 4) -> Strea
         raise AssertionError(f"no frames with separable scores for the node tests: {dict(zip(names, scores.T))}")
     threshold = float((gap_lo + gap_hi) / 2.0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    artefact = DetectorArtefact.load(files.artefact).with_threshold(threshold).save(out_dir / "detector_test.safetensors")
+    artefact = DetectorArtefact.load(files.artefact).with_threshold(threshold).save(
+        out_dir / "detector_test.safetensors")
     npz = out_dir / "frames.npz"
     np.savez(npz, ind=np.stack(ind), ood=np.stack(ood), low=np.stack([candidates[n] for n in low_names]),
              high=np.stack([candidates[n] for n in high_names]))

@@ -10,7 +10,16 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import pytest
-from lsea_ros_testutil import NodeProcess, Probe, StreamFrames, health_values, image_msg, node_command, stamp_key, values
+from lsea_ros_testutil import (
+    NodeProcess,
+    Probe,
+    StreamFrames,
+    health_values,
+    image_msg,
+    node_command,
+    stamp_key,
+    values,
+)
 from test_node_stream import wait_active
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -53,10 +62,11 @@ def test_bad_raw_images_are_rejected_with_error_verdicts_and_the_node_keeps_serv
 ) -> None:
     from sensor_msgs.msg import Image
 
-    node = start_process(node_command(monitor_files, artefact=str(stream_frames.artefact), watchdog_timeout_s=600.0,
+    node = start_process(node_command(monitor_files, namespace=probe.namespace, artefact=str(stream_frames.artefact),
+                                      watchdog_timeout_s=600.0,
                                       max_image_pixels=200_000, **{"qos.reliability": "reliable"}))
     wait_active(probe, node)
-    pub = probe.publisher(Image, "/image")
+    pub = probe.publisher(Image, probe.image_topic)
     wait_matched(pub)
     frames = np.load(stream_frames.npz)
     low = frames["low"][0]
@@ -110,10 +120,11 @@ def test_compressed_input_jpeg_png_and_garbage_then_sigterm(
 ) -> None:
     from sensor_msgs.msg import CompressedImage
 
-    node = start_process(node_command(monitor_files, artefact=str(stream_frames.artefact), watchdog_timeout_s=600.0,
+    node = start_process(node_command(monitor_files, namespace=probe.namespace, artefact=str(stream_frames.artefact),
+                                      watchdog_timeout_s=600.0,
                                       input_type="compressed"))
     wait_active(probe, node)
-    pub = probe.publisher(CompressedImage, "/image")
+    pub = probe.publisher(CompressedImage, probe.image_topic)
     wait_matched(pub)
     frames = np.load(stream_frames.npz)
 

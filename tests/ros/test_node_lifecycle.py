@@ -59,16 +59,18 @@ def test_lifecycle_services_and_runtime_parameters(
     from rcl_interfaces.srv import DescribeParameters, SetParameters
     from sensor_msgs.msg import Image
 
-    node = start_process(node_command(monitor_files, artefact=str(stream_frames.artefact), autostart=False,
+    node = start_process(node_command(monitor_files, namespace=probe.namespace, artefact=str(stream_frames.artefact),
+                                      autostart=False,
                                       watchdog_timeout_s=600.0, **{"qos.reliability": "reliable"}))
 
     def state() -> int:
-        return probe.call(GetState, "/lsea_monitor/get_state", GetState.Request()).current_state.id
+        return probe.call(GetState, f"/{probe.status_prefix}/get_state", GetState.Request()).current_state.id
 
     def transition(tid: int) -> bool:
         req = ChangeState.Request()
         req.transition.id = tid
-        return probe.call(ChangeState, "/lsea_monitor/change_state", req, timeout_s=NODE_STARTUP_TIMEOUT_S).success
+        return probe.call(ChangeState, f"/{probe.status_prefix}/change_state", req,
+                          timeout_s=NODE_STARTUP_TIMEOUT_S).success
 
     def set_param(name: str, value: Any) -> tuple[bool, str]:
         pv = ParameterValue()
@@ -80,7 +82,7 @@ def test_lifecycle_services_and_runtime_parameters(
             pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
         else:
             pv.type, pv.string_value = ParameterType.PARAMETER_STRING, value
-        res = probe.call(SetParameters, "/lsea_monitor/set_parameters",
+        res = probe.call(SetParameters, f"/{probe.status_prefix}/set_parameters",
                          SetParameters.Request(parameters=[Parameter(name=name, value=pv)])).results[0]
         return res.successful, res.reason
 
@@ -90,7 +92,7 @@ def test_lifecycle_services_and_runtime_parameters(
     assert probe.snapshot()[2][-1].msg.status[0].level == b"\x01"
 
     # descriptors: ranges and read-only flags are visible to tools
-    desc = probe.call(DescribeParameters, "/lsea_monitor/describe_parameters",
+    desc = probe.call(DescribeParameters, f"/{probe.status_prefix}/describe_parameters",
                       DescribeParameters.Request(names=["hysteresis.window", "autostart", "max_rate_hz"])).descriptors
     assert desc[0].integer_range[0].from_value == 1 and desc[1].read_only
     assert desc[2].floating_point_range[0].to_value == 1000.0
@@ -109,7 +111,7 @@ def test_lifecycle_services_and_runtime_parameters(
     assert not ok and "deactivate the node first" in reason
     assert set_param("hysteresis.clear_after", 1) == (True, "")
 
-    pub = probe.publisher(Image, "/image")
+    pub = probe.publisher(Image, probe.image_topic)
     frames = np.load(stream_frames.npz)
 
     def served(sec: int, timeout_s: float = 60.0) -> bool:
@@ -124,9 +126,9 @@ def test_lifecycle_services_and_runtime_parameters(
     assert served(1), "no verdict while active"
     assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
     deadline = time.monotonic() + 10.0
-    while probe.node.count_publishers("/lsea_monitor/verdict") and time.monotonic() < deadline:
+    while probe.node.count_publishers(f"/{probe.status_prefix}/verdict") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert probe.node.count_publishers("/lsea_monitor/verdict") == 0, "verdict publisher left after deactivate"
+    assert probe.node.count_publishers(f"/{probe.status_prefix}/verdict") == 0, "verdict publisher left behind"
     assert not served(2, timeout_s=3.0), "a verdict while inactive"
     probe.wait_for(lambda p: (health_values(p) or {}).get("lifecycle_state") == "inactive", 10.0, "health inactive")
 

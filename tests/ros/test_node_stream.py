@@ -29,10 +29,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 HYSTERESIS = {"raise_after": 2, "window": 3, "clear_after": 3}
 
 
-def start_node(start_process: Callable[..., NodeProcess], files: Any, frames: StreamFrames, **params: Any) -> NodeProcess:
+def start_node(start_process: Callable[..., NodeProcess], files: Any, frames: StreamFrames, namespace: str,
+               **params: Any) -> NodeProcess:
     params = {"hysteresis.raise_after": HYSTERESIS["raise_after"], "hysteresis.window": HYSTERESIS["window"],
               "hysteresis.clear_after": HYSTERESIS["clear_after"], "artefact": str(frames.artefact), **params}
-    return start_process(node_command(files, **params))
+    return start_process(node_command(files, namespace=namespace, **params))
 
 
 def wait_active(probe: Probe, node: NodeProcess) -> None:
@@ -49,7 +50,7 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
     start_process: Callable[..., NodeProcess], probe: Probe, monitor_files: Any, stream_frames: StreamFrames,
     ros_env: dict[str, str], tmp_path: Path,
 ) -> None:
-    node = start_node(start_process, monitor_files, stream_frames, watchdog_timeout_s=1.0)
+    node = start_node(start_process, monitor_files, stream_frames, probe.namespace, watchdog_timeout_s=1.0)
     wait_active(probe, node)
 
     # 1. a camera process: InD-like and OoD-like frames (predictable), then the built-in default's
@@ -57,7 +58,7 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
     plan = ([("low", i % 2) for i in range(4)] + [("high", i % 2) for i in range(4)]
             + [("ind", i) for i in range(stream_frames.n_ind)] + [("ood", i) for i in range(stream_frames.n_ood)]
             + [("low", i % 2) for i in range(5)])
-    sent = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=plan, rate_hz=4.0)
+    sent = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=plan, rate_hz=4.0, topic=probe.image_topic)
     first_run = {(s["sec"], s["nanosec"]): s for s in sent}
     first_end_s = max(s["t_wall_s"] for s in sent)
 
@@ -69,7 +70,7 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
 
     # 3. frames return: valid verdicts again, the flag clears after clear_after in-distribution frames
     sent2 = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=[("low", i % 2) for i in range(12)],
-                          rate_hz=4.0)
+                          rate_hz=4.0, topic=probe.image_topic)
     second_run = {(s["sec"], s["nanosec"]): s for s in sent2}
     probe.wait_for(lambda p: any(stamp_key(r.msg.header) == max(second_run) for r in p.verdicts), 30.0,
                    "the verdict of the last frame of the second run")
@@ -117,7 +118,7 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
     assert [v["is_ood"] == "true" for v in vals] == replay_hysteresis(vals, **HYSTERESIS)
     last_high = max(i for i in frame_idx if verdicts[i].msg.header.frame_id.startswith("high"))
     assert vals[last_high]["is_ood"] == "true" and verdicts[last_high].msg.status[0].level == b"\x01"
-    seq = [(verdicts[i].msg.header.frame_id or "stale", vals[i]["raw_is_ood"], vals[i]["is_ood"]) for i in range(len(vals))]
+    seq = [(r.msg.header.frame_id or "stale", v["raw_is_ood"], v["is_ood"]) for r, v in zip(verdicts, vals)]
     assert vals[frame_idx[-1]]["is_ood"] == "false", f"the flag did not clear after the frames came back: {seq}"
     first_stale_after_run = min(j for j in stale_idx if verdicts[j].t_wall_s > first_end_s)
     assert any(i > first_stale_after_run for i in frame_idx), "no valid verdicts after the stale period"
@@ -146,10 +147,10 @@ def test_latency_and_accounting_at_10hz(
     ros_env: dict[str, str], tmp_path: Path,
 ) -> None:
     """10 Hz for 10 s: verdicts for every processed frame, drops counted, latency recorded."""
-    node = start_node(start_process, monitor_files, stream_frames, watchdog_timeout_s=5.0)
+    node = start_node(start_process, monitor_files, stream_frames, probe.namespace, watchdog_timeout_s=5.0)
     wait_active(probe, node)
     plan = [("ind", i % stream_frames.n_ind) for i in range(100)]
-    sent = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=plan, rate_hz=10.0)
+    sent = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=plan, rate_hz=10.0, topic=probe.image_topic)
     sent_by_key = {(s["sec"], s["nanosec"]): s for s in sent}
     time.sleep(3.0)  # the last frame's verdict and a health message after it
     verdicts, flags, health = probe.snapshot()
