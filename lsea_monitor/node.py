@@ -10,6 +10,7 @@ flag. Parameters: :mod:`lsea_monitor.node_params`; bookkeeping: :mod:`lsea_monit
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -93,7 +94,7 @@ class MonitorNode(LifecycleNode):
             s.warmup()
         except Exception as err:  # noqa: BLE001
             return self._fail("activate", f"warm-up failed: {_describe(err)}")
-        self._hysteresis = Hysteresis(raise_after=p.raise_after, window=p.window, clear_after=p.clear_after)
+        self._hysteresis = self._new_hysteresis()
         self._verdict_pub = self.create_publisher(DiagnosticArray, "~/verdict", OUT_QOS)
         self._ood_pub = self.create_publisher(Bool, "~/ood", OUT_QOS)
         reliability = ReliabilityPolicy.RELIABLE if p.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
@@ -102,6 +103,7 @@ class MonitorNode(LifecycleNode):
         self._stats.reset(time.monotonic())
         self._last_input_ns, self._stale = time.monotonic_ns(), False
         self._stop.clear()
+        self._slot.clear()
         self._worker = threading.Thread(target=self._work, name="lsea_monitor_worker", daemon=True)
         self._worker.start()
         with self._lock:
@@ -113,19 +115,15 @@ class MonitorNode(LifecycleNode):
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_serving()
+        self.stop_serving()
         return SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_serving()
+        self.stop_serving()
         self._scorer = None
         return SUCCESS
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self.on_cleanup(state)
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self.on_cleanup(state)
+    on_shutdown = on_error = on_cleanup  # both end unconfigured/finalized with nothing left running
 
     def _fail(self, what: str, reason: str) -> TransitionCallbackReturn:
         message = f"{what} failed: {reason}"
@@ -133,7 +131,8 @@ class MonitorNode(LifecycleNode):
         self._stats.note_error(message)
         return FAILURE
 
-    def _stop_serving(self) -> None:
+    def stop_serving(self) -> None:
+        """Stop the worker, destroy the subscription, watchdog and publishers (any state; idempotent)."""
         with self._lock:
             self._active = False
         for entity, destroy in ((self._sub, self.destroy_subscription), (self._watchdog, self.destroy_timer)):
@@ -248,30 +247,27 @@ class MonitorNode(LifecycleNode):
             input_topic=self._sub.topic_name if self._sub else "",
             flag=self._hysteresis.flag if self._hysteresis is not None else True)
         msg.header.stamp = self.get_clock().now().to_msg()
-        try:
+        with contextlib.suppress(Exception):  # shutting down
             self._health_pub.publish(msg)
-        except Exception:  # noqa: BLE001 - shutting down
-            pass
 
     def _check_parameters(self, params: list) -> SetParametersResult:
         reason = node_params.check_change(self.params, params, self.state_label())
         return SetParametersResult(successful=not reason, reason=reason)
 
     def _apply_parameters(self, params: list) -> None:
-        old, self.params = self.params, node_params.read(self)
-        if (old.raise_after, old.window, old.clear_after) != (self.params.raise_after, self.params.window,
-                                                            self.params.clear_after):
-            with self._lock:
-                if self._hysteresis is not None:  # restarts raised: fail closed until clear_after InD frames
-                    p = self.params
-                    self._hysteresis = Hysteresis(raise_after=p.raise_after, window=p.window, clear_after=p.clear_after)
-        if old.diagnostics_period_s != self.params.diagnostics_period_s:
+        old, p = self.params, node_params.read(self)
+        self.params = p
+        if (old.raise_after, old.window, old.clear_after) != (p.raise_after, p.window, p.clear_after):
+            with self._lock:  # a new hysteresis starts raised: fail closed until clear_after InD frames
+                if self._hysteresis is not None:
+                    self._hysteresis = self._new_hysteresis()
+        if old.diagnostics_period_s != p.diagnostics_period_s:
             self.destroy_timer(self._health_timer)
             self._health_timer = self._make_health_timer()
 
-    def close(self) -> None:
-        """Stop serving (worker, subscription, publishers) whatever the state; for process exit."""
-        self._stop_serving()
+    def _new_hysteresis(self) -> Hysteresis:
+        p = self.params
+        return Hysteresis(raise_after=p.raise_after, window=p.window, clear_after=p.clear_after)
 
 
 def _describe(err: BaseException) -> str:
@@ -282,7 +278,6 @@ def main(args: Optional[list[str]] = None) -> int:
     """Run the node until SIGINT/SIGTERM (exit 0); 1 when auto-start fails, 2 on bad parameters."""
     rclpy.init(args=args)
     node: Optional[MonitorNode] = None
-    code = 0
     try:
         try:
             node = MonitorNode()
@@ -303,10 +298,10 @@ def main(args: Optional[list[str]] = None) -> int:
         pass
     finally:
         if node is not None:
-            node.close()
+            node.stop_serving()
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

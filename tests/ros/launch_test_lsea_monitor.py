@@ -5,7 +5,7 @@ Needs a ROS 2 install with launch, launch_ros and launch_testing and the sourced
 (ros2_ws) on top of the pip-installed repository, as on a vehicle:
 
     pip install -e '.[all]' && (cd ros2_ws && colcon build) && . ros2_ws/install/setup.sh
-    launch_test tests/ros/launch_test_lsea_monitor.py        # or: python -m pytest tests/ros/launch_test_lsea_monitor.py
+    launch_test tests/ros/launch_test_lsea_monitor.py   # or python -m pytest on this file
 
 The model and artefact come from LSEA_TEST_CHECKPOINT and LSEA_TEST_ARTEFACT, or are built on the
 spot with the test suite's tiny monitor (tests/conftest.py, about a minute on a CPU). Here (wheels
