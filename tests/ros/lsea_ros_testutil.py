@@ -251,7 +251,7 @@ class StreamFrames:
     n_ood: int
 
 
-def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 4) -> StreamFrames:
+def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 8) -> StreamFrames:
     import glob
 
     import cv2
@@ -276,14 +276,20 @@ def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 4) -> Strea
     names = list(candidates)
     scores = np.array([[fs.score for fs in scorer.score_images([candidates[n] for n in names])]
                        for _ in range(repeats)])  # (repeats, n)
-    lo, hi = scores.min(axis=0), scores.max(axis=0)
-    order = np.argsort(hi)
-    low_names = [names[i] for i in order[:2]]
-    high_names = [names[i] for i in np.argsort(lo)[::-1][:2]]
-    gap_lo, gap_hi = max(hi[names.index(n)] for n in low_names), min(lo[names.index(n)] for n in high_names)
-    if not gap_hi > gap_lo:
+    # MC dropout makes every score a random draw: rank frames by a pessimistic bound of their
+    # score distribution (mean -/+ 2 sd, at least the extremes seen) and put the threshold between
+    mean, sd = scores.mean(axis=0), scores.std(axis=0, ddof=1)
+    upper, lower = np.maximum(mean + 2 * sd, scores.max(axis=0)), np.minimum(mean - 2 * sd, scores.min(axis=0))
+    low_idx, high_idx = np.argsort(upper)[:2], np.argsort(lower)[::-1][:2]
+    low_names, high_names = [names[i] for i in low_idx], [names[i] for i in high_idx]
+    gap_lo, gap_hi = float(upper[low_idx].max()), float(lower[high_idx].min())
+    if set(low_names) & set(high_names):
         raise AssertionError(f"no frames with separable scores for the node tests: {dict(zip(names, scores.T))}")
-    threshold = float((gap_lo + gap_hi) / 2.0)
+    # midway between the bounds when they are apart, else between the two groups' means
+    if gap_hi > gap_lo:
+        threshold = (gap_lo + gap_hi) / 2.0
+    else:
+        threshold = float(mean[low_idx].max() + mean[high_idx].min()) / 2.0
     out_dir.mkdir(parents=True, exist_ok=True)
     artefact = DetectorArtefact.load(files.artefact).with_threshold(threshold).save(
         out_dir / "detector_test.safetensors")

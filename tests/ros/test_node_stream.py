@@ -55,9 +55,9 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
 
     # 1. a camera process: InD-like and OoD-like frames (predictable), then the built-in default's
     #    test images and their anomalies, then in-distribution again
-    plan = ([("low", i % 2) for i in range(4)] + [("high", i % 2) for i in range(4)]
+    plan = ([("low", i % 2) for i in range(6)] + [("high", i % 2) for i in range(6)]
             + [("ind", i) for i in range(stream_frames.n_ind)] + [("ood", i) for i in range(stream_frames.n_ood)]
-            + [("low", i % 2) for i in range(5)])
+            + [("low", i % 2) for i in range(6)])
     sent = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=plan, rate_hz=4.0, topic=probe.image_topic)
     first_run = {(s["sec"], s["nanosec"]): s for s in sent}
     first_end_s = max(s["t_wall_s"] for s in sent)
@@ -104,24 +104,29 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
         assert vals[i]["valid"] == "false" and "watchdog_timeout_s" in vals[i]["reason"]
         assert abs(verdicts[i].msg.header.stamp.sec - verdicts[i].t_wall_s) < 10.0  # stamped "now"
 
-    # raw verdicts of the predictable frames
+    # raw verdicts of the predictable frames (MC dropout: each score is a draw, so allow a few)
     by_kind: dict[str, list[bool]] = {}
     for i in frame_idx:
         kind = verdicts[i].msg.header.frame_id.split(":")[0]
         by_kind.setdefault(kind, []).append(vals[i]["raw_is_ood"] == "true")
-    assert sum(by_kind["low"]) <= 1, f"in-distribution frames judged OoD: {by_kind['low']}"
-    assert sum(by_kind["high"]) >= len(by_kind["high"]) - 1, f"OoD frames judged InD: {by_kind['high']}"
+    assert sum(by_kind["low"]) <= len(by_kind["low"]) // 4, f"in-distribution frames judged OoD: {by_kind['low']}"
+    assert sum(by_kind["high"]) >= len(by_kind["high"]) * 3 // 4, f"OoD frames judged InD: {by_kind['high']}"
     assert by_kind.get("ind") and by_kind.get("ood"), "the built-in default's frames got no verdicts"
 
     # flags: one per verdict, equal to its is_ood, and to the core Hysteresis replayed on the verdicts
-    assert [r.msg.data for r in flags] == [v["is_ood"] == "true" for v in vals]
-    assert [v["is_ood"] == "true" for v in vals] == replay_hysteresis(vals, **HYSTERESIS)
-    last_high = max(i for i in frame_idx if verdicts[i].msg.header.frame_id.startswith("high"))
-    assert vals[last_high]["is_ood"] == "true" and verdicts[last_high].msg.status[0].level == b"\x01"
     seq = [(r.msg.header.frame_id or "stale", v["raw_is_ood"], v["is_ood"]) for r, v in zip(verdicts, vals)]
-    assert vals[frame_idx[-1]]["is_ood"] == "false", f"the flag did not clear after the frames came back: {seq}"
+    assert [r.msg.data for r in flags] == [v["is_ood"] == "true" for v in vals]
+    assert [v["is_ood"] == "true" for v in vals] == replay_hysteresis(vals, **HYSTERESIS), seq
+    # the flag (raised at start: fail closed) clears on InD frames, rises on OoD frames, clears again
+    kinds = [verdicts[i].msg.header.frame_id.split(":")[0] if i in frame_idx else "stale" for i in range(len(vals))]
+    first_high = kinds.index("high")
+    cleared = [i for i in range(first_high) if kinds[i] == "low" and vals[i]["is_ood"] == "false"]
+    raised = [i for i in range(first_high, len(vals)) if kinds[i] == "high" and vals[i]["is_ood"] == "true"]
+    assert cleared, f"the flag never cleared on in-distribution frames: {seq}"
+    assert raised and verdicts[raised[0]].msg.status[0].level == b"\x01", f"OoD frames never raised the flag: {seq}"
     first_stale_after_run = min(j for j in stale_idx if verdicts[j].t_wall_s > first_end_s)
-    assert any(i > first_stale_after_run for i in frame_idx), "no valid verdicts after the stale period"
+    recovered = [i for i in frame_idx if i > first_stale_after_run and vals[i]["is_ood"] == "false"]
+    assert recovered and verdicts[recovered[0]].msg.status[0].level == b"\x00", f"no recovery after stale: {seq}"
 
     # /diagnostics: node health while streaming
     streaming = [r for r in health if r.t_wall_s <= max(s["t_wall_s"] for s in sent)
