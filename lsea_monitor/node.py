@@ -32,7 +32,7 @@ from std_msgs.msg import Bool, Header
 from lsea_monitor import node_msgs, node_params
 from lsea_monitor.errors import LseaError
 from lsea_monitor.node_stats import LatestSlot, NodeStats
-from lsea_monitor.pipeline import FrameScore, FrameScorer, Hysteresis
+from lsea_monitor.pipeline import FrameScore, FrameScorer, Hysteresis, frame_seed
 from lsea_monitor.ros_image import msg_to_rgb
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -186,7 +186,9 @@ class MonitorNode(LifecycleNode):
                 continue
             t0 = time.monotonic()
             try:
-                result = self._scorer.score_images([frame.rgb])[0]
+                # Seeded by the frame's stamp: a replay of the same frame gets the same MC draws.
+                stamp_ns = frame.header.stamp.sec * 1_000_000_000 + frame.header.stamp.nanosec
+                result = self._scorer.score_images([frame.rgb], seed=frame_seed(stamp_ns))[0]
             except Exception as err:  # noqa: BLE001 - contained: ERROR verdict, flag raised, keep serving
                 result = FrameScore.invalid(f"inference failed: {_describe(err)}")
             inference_ms = (time.monotonic() - t0) * 1e3
