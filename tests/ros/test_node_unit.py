@@ -1,0 +1,180 @@
+"""MonitorNode in-process with a scripted scorer (no model): containment of inference exceptions,
+the rate limit, the watchdog's repeat and recovery, runtime hysteresis changes. The real scorer is
+exercised by the multi-process tests; these pin the node's own logic quickly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 Python wheels (ros-rclpy) not installed")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
+
+import lsea_monitor.node as node_module  # noqa: E402
+from lsea_monitor.pipeline import FrameScore  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+class ScriptedScorer:
+    """Stands in for FrameScorer: frame_id 'boom' raises, 'ood' scores 2.0, anything else 0.0."""
+
+    device, threshold, mc_samples, model_id, artefact_id = "cpu", 1.0, 4, "m" * 12, "a" * 12
+
+    def __init__(self) -> None:
+        self.next_kind = "ind"
+        self.calls = 0
+
+    def warmup(self) -> None:
+        pass
+
+    def score_images(self, images: list[np.ndarray], seed: int | None = None) -> list[FrameScore]:
+        self.calls += 1
+        kind = images[0][0, 0, 0]  # the test encodes the kind in the first pixel
+        if kind == 255:
+            raise RuntimeError("boom")
+        score = 2.0 if kind == 200 else 0.0
+        return [FrameScore(score=score, is_ood=score > self.threshold, valid=True)]
+
+
+@pytest.fixture
+def running(ros_domain_id: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    scorer = ScriptedScorer()
+    monkeypatch.setattr(node_module.FrameScorer, "from_files", classmethod(lambda cls, **kw: scorer))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id, signal_handler_options=SignalHandlerOptions.NO)
+    overrides = [Parameter("checkpoint", value="x.ckpt"), Parameter("artefact", value="x.safetensors"),
+                 Parameter("watchdog_timeout_s", value=0.4), Parameter("hysteresis.raise_after", value=1),
+                 Parameter("hysteresis.window", value=1), Parameter("hysteresis.clear_after", value=1),
+                 Parameter("qos.reliability", value="reliable"), Parameter("diagnostics_period_s", value=0.2)]
+    node = node_module.MonitorNode(context=ctx, parameter_overrides=overrides, namespace="unit")
+    peer = rclpy.create_node("unit_peer", context=ctx)
+    got: dict[str, Any] = {"verdicts": [], "flags": [], "health": [], "lock": threading.Lock()}
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+
+    def keep(key: str) -> Any:
+        def cb(msg: Any) -> None:
+            with got["lock"]:
+                got[key].append(msg)
+        return cb
+
+    peer.create_subscription(DiagnosticArray, "/unit/lsea_monitor/verdict", keep("verdicts"), qos)
+    peer.create_subscription(Bool, "/unit/lsea_monitor/ood", keep("flags"), qos)
+    peer.create_subscription(DiagnosticArray, "/diagnostics", keep("health"), qos)
+    got["pub"] = peer.create_publisher(Image, "/unit/image",
+                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+    executor.add_node(node)
+    executor.add_node(peer)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    got.update(node=node, scorer=scorer)
+    deadline = time.monotonic() + 10
+    while got["pub"].get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield got
+    finally:
+        node.stop_serving()
+        executor.shutdown(timeout_sec=5)
+        node.destroy_node()
+        peer.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        thread.join(timeout=5)
+
+
+def frame(kind: int, sec: int) -> Image:
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[0, 0, 0] = kind
+    msg = Image(height=8, width=8, encoding="rgb8", step=24, data=rgb.tobytes())
+    msg.header.stamp.sec, msg.header.frame_id = sec, f"k{kind}"
+    return msg
+
+
+def verdict_for(got: dict[str, Any], sec: int, timeout_s: float = 10.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with got["lock"]:
+            for v in got["verdicts"]:
+                if v.header.stamp.sec == sec:
+                    return {kv.key: kv.value for kv in v.status[0].values} | {"level": v.status[0].level}
+        time.sleep(0.02)
+    raise AssertionError(f"no verdict for stamp {sec}")
+
+
+def test_inference_exception_gives_an_error_verdict_and_the_node_keeps_serving(running: dict[str, Any]) -> None:
+    pub = running["pub"]
+    pub.publish(frame(0, 1))
+    assert verdict_for(running, 1)["is_ood"] == "false"
+    pub.publish(frame(255, 2))
+    v = verdict_for(running, 2)
+    assert v["level"] == b"\x02" and v["valid"] == "false" and v["is_ood"] == "true"
+    assert v["reason"] == "inference failed: RuntimeError: boom"
+    pub.publish(frame(200, 3))
+    v = verdict_for(running, 3)
+    assert v["level"] == b"\x01" and v["raw_is_ood"] == "true" and v["score"] == "2.0"
+    pub.publish(frame(0, 4))
+    v = verdict_for(running, 4)
+    assert v["level"] == b"\x00" and v["is_ood"] == "false" and v["threshold"] == "1.0" and v["mc_samples"] == "4"
+
+
+def test_watchdog_repeats_stale_verdicts_then_recovers(running: dict[str, Any]) -> None:
+    time.sleep(1.5)  # timeout 0.4 s: stale verdicts about every 0.4 s
+    with running["lock"]:
+        stale = [v for v in running["verdicts"]
+                 if any(kv.key == "reason" and kv.value.startswith("stale") for kv in v.status[0].values)]
+        flags = list(running["flags"])
+    assert len(stale) >= 2 and all(v.status[0].level == b"\x02" for v in stale)
+    assert flags and all(flags)
+    gaps = [(b.header.stamp.sec + b.header.stamp.nanosec * 1e-9) - (a.header.stamp.sec + a.header.stamp.nanosec * 1e-9)
+            for a, b in zip(stale, stale[1:])]
+    assert all(0.3 < g < 1.0 for g in gaps), gaps
+    running["pub"].publish(frame(0, 50))
+    assert verdict_for(running, 50)["is_ood"] == "false"  # clear_after 1: recovered
+    time.sleep(0.3)
+    with running["lock"]:
+        health = [h for h in running["health"] if h.status[0].name == "unit/lsea_monitor: health"]
+    assert health and health[-1].status[0].level == b"\x00"
+
+
+def test_max_rate_limits_processing_and_counts_drops(running: dict[str, Any]) -> None:
+    node = running["node"]
+    node.set_parameters([Parameter("max_rate_hz", value=4.0)])
+    calls0 = running["scorer"].calls
+    t0 = time.monotonic()
+    for i in range(40):  # 20 Hz for 2 s
+        running["pub"].publish(frame(0, 100 + i))
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    processed = running["scorer"].calls - calls0
+    assert processed <= 4.0 * elapsed + 2, (processed, elapsed)
+    time.sleep(0.5)
+    snap = node._stats.snapshot(time.monotonic())
+    assert snap.dropped >= 40 - processed - 2 and snap.received >= 40
+
+
+def test_runtime_hysteresis_change_restarts_raised(running: dict[str, Any]) -> None:
+    node, pub = running["node"], running["pub"]
+    pub.publish(frame(0, 200))
+    assert verdict_for(running, 200)["is_ood"] == "false"
+    result = node.set_parameters([Parameter("hysteresis.clear_after", value=2)])[0]
+    assert result.successful
+    pub.publish(frame(0, 201))
+    assert verdict_for(running, 201)["is_ood"] == "true"  # fail closed until 2 InD frames
+    pub.publish(frame(0, 202))
+    assert verdict_for(running, 202)["is_ood"] == "false"
+    bad = node.set_parameters([Parameter("hysteresis.raise_after", value=5)])[0]
+    assert not bad.successful and "must not exceed hysteresis.window" in bad.reason
