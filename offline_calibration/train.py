@@ -4,8 +4,9 @@ Example::
 
     lsea-train --data-dir work_dirs/demo/data --out-dir work_dirs/demo/model --epochs 8 --train-size 128 256
 
-The training resolution may be lower than the calibration one (the network is fully
-convolutional); validation runs at ``--img-size``. Writes ``checkpoints/last.ckpt``,
+With ``--train-size`` smaller than ``--img-size``, training uses random crops of that size (cheaper
+per step, objects at their run-time scale; the network is fully convolutional); validation runs
+on whole frames at ``--img-size``. Writes ``checkpoints/last.ckpt``,
 ``checkpoints/best.ckpt`` (by validation mIoU) and ``train_report.json``.
 """
 
@@ -16,6 +17,9 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
 
 from offline_calibration.model import MODEL_CLASS, DeepLabV3PlusModule
 
@@ -42,6 +46,27 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+class RandomCrop(Dataset):
+    """Random ``(height, width)`` crops of a segmentation dataset's image and label (same window)."""
+
+    def __init__(self, dataset: Dataset, size: tuple[int, int], seed: int = 0) -> None:
+        self.dataset, self.size = dataset, size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        h, w = item["image"].shape[-2:]
+        ch, cw = min(self.size[0], h), min(self.size[1], w)
+        top = int(self.rng.integers(0, h - ch + 1))
+        left = int(self.rng.integers(0, w - cw + 1))
+        item["image"] = item["image"][..., top:top + ch, left:left + cw]
+        item["label"] = item["label"][..., top:top + ch, left:left + cw]
+        return item
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Train and return the report (also written to ``out_dir/train_report.json``)."""
     import pytorch_lightning as pl
@@ -52,12 +77,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
-    train_dm = CityscapesDataModule(data_dir=cfg.data_dir, batch_size=cfg.batch_size, img_size=tuple(cfg.train_size),
-                                    num_workers=cfg.num_workers, seed=cfg.seed)
-    val_dm = CityscapesDataModule(data_dir=cfg.data_dir, batch_size=cfg.batch_size, img_size=tuple(cfg.img_size),
-                                  num_workers=cfg.num_workers, seed=cfg.seed)
-    train_dm.setup("fit")
-    val_dm.setup("validate")
+    dm = CityscapesDataModule(data_dir=cfg.data_dir, batch_size=cfg.batch_size, img_size=tuple(cfg.img_size),
+                              num_workers=cfg.num_workers, seed=cfg.seed)
+    dm.setup("fit")
+    train_loader = dm.train_dataloader()
+    if tuple(cfg.train_size) != tuple(cfg.img_size):
+        # Random crops keep the scale of objects as the network will see them at run time; a
+        # downscaled frame would teach it objects half their size.
+        train_loader = DataLoader(RandomCrop(train_loader.dataset, tuple(cfg.train_size), cfg.seed),
+                                  batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=True)
     model = DeepLabV3PlusModule(encoder_name=cfg.encoder_name, block_size=cfg.block_size, drop_prob=cfg.drop_prob,
                                 optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True)
@@ -68,9 +96,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                          check_val_every_n_epoch=cfg.val_every or cfg.epochs, logger=False,
                          enable_model_summary=progress, log_every_n_steps=5)
     start = time.perf_counter()
-    trainer.fit(model, train_dataloaders=train_dm.train_dataloader(), val_dataloaders=val_dm.val_dataloader())
+    trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=dm.val_dataloader())
     seconds = time.perf_counter() - start
-    val = trainer.validate(model, dataloaders=val_dm.val_dataloader(), ckpt_path=best.best_model_path or None,
+    val = trainer.validate(model, dataloaders=dm.val_dataloader(), ckpt_path=best.best_model_path or None,
                            verbose=False)[0]
     report = {"config": asdict(cfg), "model_class": MODEL_CLASS, "train_seconds": round(seconds, 1),
               "val_miou": float(val["val_miou"]), "val_loss": float(val["val_loss"]),
