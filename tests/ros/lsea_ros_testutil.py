@@ -239,8 +239,8 @@ class StreamFrames:
     """Frames for the node tests, in an ``.npz`` the publisher process reads.
 
     ``ind``/``ood``: built-in default test images and their anomalies (what a camera would see).
-    ``low``/``high``: frames whose scores stayed clearly below/above ``threshold`` over repeated
-    MC draws; ``artefact`` is the fixture's artefact with that operating threshold, so a node on it
+    ``low``/``high``: one frame each whose scores stayed clearly below/above ``threshold`` over
+    repeated MC draws; ``artefact`` is the fixture's artefact with that operating threshold, so a node on it
     gives predictable raw verdicts for them (the tiny fixture model separates anomalies poorly).
     """
 
@@ -251,7 +251,7 @@ class StreamFrames:
     n_ood: int
 
 
-def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 8) -> StreamFrames:
+def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 16) -> StreamFrames:
     import glob
 
     import cv2
@@ -274,22 +274,22 @@ def build_stream_frames(files: Any, out_dir: Path, *, repeats: int = 8) -> Strea
     scorer = FrameScorer.from_files(checkpoint=str(files.checkpoint), model_class=files.model_class,
                                     layer=files.layer, artefact=str(files.artefact), device="cpu")
     names = list(candidates)
-    scores = np.array([[fs.score for fs in scorer.score_images([candidates[n] for n in names])]
-                       for _ in range(repeats)])  # (repeats, n)
+    scores = np.array([[fs.score for fs in scorer.score_images([candidates[n] for n in names], seed=1000 + r)]
+                       for r in range(repeats)])  # (repeats, n), independent draws
     # MC dropout makes every score a random draw: rank frames by a pessimistic bound of their
-    # score distribution (mean -/+ 2 sd, at least the extremes seen) and put the threshold between
+    # score distribution (mean -/+ 2.5 sd, at least the extremes seen), keep the most extreme
+    # frame of each side and put the threshold between their bounds
     mean, sd = scores.mean(axis=0), scores.std(axis=0, ddof=1)
-    upper, lower = np.maximum(mean + 2 * sd, scores.max(axis=0)), np.minimum(mean - 2 * sd, scores.min(axis=0))
-    low_idx, high_idx = np.argsort(upper)[:2], np.argsort(lower)[::-1][:2]
-    low_names, high_names = [names[i] for i in low_idx], [names[i] for i in high_idx]
-    gap_lo, gap_hi = float(upper[low_idx].max()), float(lower[high_idx].min())
-    if set(low_names) & set(high_names):
+    upper = np.maximum(mean + 2.5 * sd, scores.max(axis=0))
+    lower = np.minimum(mean - 2.5 * sd, scores.min(axis=0))
+    low_i, high_i = int(np.argmin(upper)), int(np.argmax(lower))
+    low_names, high_names = [names[low_i]], [names[high_i]]
+    if low_i == high_i or mean[high_i] <= mean[low_i]:
         raise AssertionError(f"no frames with separable scores for the node tests: {dict(zip(names, scores.T))}")
-    # midway between the bounds when they are apart, else between the two groups' means
-    if gap_hi > gap_lo:
-        threshold = (gap_lo + gap_hi) / 2.0
+    if lower[high_i] > upper[low_i]:
+        threshold = float(upper[low_i] + lower[high_i]) / 2.0
     else:
-        threshold = float(mean[low_idx].max() + mean[high_idx].min()) / 2.0
+        threshold = float(mean[low_i] + mean[high_i]) / 2.0
     out_dir.mkdir(parents=True, exist_ok=True)
     artefact = DetectorArtefact.load(files.artefact).with_threshold(threshold).save(
         out_dir / "detector_test.safetensors")

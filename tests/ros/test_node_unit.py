@@ -163,7 +163,8 @@ def test_max_rate_limits_processing_and_counts_drops(running: dict[str, Any]) ->
     assert processed <= 4.0 * elapsed + 2, (processed, elapsed)
     time.sleep(0.5)
     snap = node._stats.snapshot(time.monotonic())
-    assert snap.dropped >= 40 - processed - 2 and snap.received >= 40
+    # (depth 1: DDS itself may replace a message the executor had not taken yet: not "received")
+    assert snap.received >= 30 and snap.dropped >= snap.received - processed - 2
 
 
 def test_runtime_hysteresis_change_restarts_raised(running: dict[str, Any]) -> None:
