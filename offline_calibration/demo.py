@@ -55,7 +55,8 @@ QUICK = DemoConfig(n_train=24, n_val=12, n_test=12, height=128, width=256, epoch
 
 
 def _stamp_ok(stamp: Path, config: dict[str, Any]) -> bool:
-    return stamp.is_file() and json.loads(stamp.read_text()).get("config") == config
+    # Compare as JSON: tuples in the config come back from the stamp as lists.
+    return stamp.is_file() and json.loads(stamp.read_text()).get("config") == json.loads(json.dumps(config, default=str))
 
 
 def _write_stamp(stamp: Path, config: dict[str, Any], result: dict[str, Any]) -> None:
