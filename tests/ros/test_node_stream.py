@@ -74,7 +74,11 @@ def test_stream_verdicts_flags_diagnostics_watchdog_and_sigint(
     second_run = {(s["sec"], s["nanosec"]): s for s in sent2}
     probe.wait_for(lambda p: any(stamp_key(r.msg.header) == max(second_run) for r in p.verdicts), 30.0,
                    "the verdict of the last frame of the second run")
-    time.sleep(0.5)
+    # The counters are checked on a /diagnostics message sent after that verdict: an earlier one may
+    # have been taken while the last frame was still in flight (received, not yet processed).
+    last_verdict_s = max(r.t_wall_s for r in probe.verdicts if stamp_key(r.msg.header) == max(second_run))
+    probe.wait_for(lambda p: any(r.t_wall_s > last_verdict_s + 0.05 for r in p.health), 10.0,
+                   "a /diagnostics message after the last verdict")
 
     # 4. SIGINT -> exit code 0
     rc = node.stop(signal.SIGINT, timeout_s=30.0)
