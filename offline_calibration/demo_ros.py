@@ -94,7 +94,8 @@ def run(work: Path, cfg: Any, *, checkpoint: str, artefact: str, n_per_phase: in
                 raise RuntimeError(f"the node did not become active within 240 s; see {log_path}")
             rclpy.spin_once(node, timeout_sec=0.2)
         print(f"[demo] node active; streaming {len(frames)} frames to {IMAGE_TOPIC}")
-        print(f"[demo] {'frame':>5} {'phase':<13} {'verdict':<7} {'score':>10} {'threshold':>10} {'flag':<5} latency")
+        print(f"[demo] {'frame':>5} {'phase':<13} {'verdict':<7} {'score':>10} {'threshold':>10} {'flag':<5} latency"
+              "   (verdict level follows the debounced flag; the flag starts raised until InD frames clear it)")
         rows = []
         for i, (phase, rgb) in enumerate(frames):
             stamp_ns = 1_700_000_000 * 10**9 + i * 100_000_000
@@ -114,13 +115,14 @@ def run(work: Path, cfg: Any, *, checkpoint: str, artefact: str, n_per_phase: in
             rclpy.spin_once(node, timeout_sec=0.05)  # the flag follows the verdict
             level = {0: "OK", 1: "WARN", 2: "ERROR"}.get(v["level"], str(v["level"]))
             latency_ms = (v["recv_ns"] - sent_ns) / 1e6
-            rows.append((phase, level, float(v["values"].get("score", "nan")), latency_ms, flags[-1] if flags else None))
+            raw_ood = v["values"].get("raw_is_ood") == "true"  # this frame's own judgement, before hysteresis
+            rows.append((phase, raw_ood, level == "ERROR", latency_ms, flags[-1] if flags else None))
             print(f"[demo] {i:>5} {phase:<13} {level:<7} {float(v['values'].get('score', 'nan')):>10.4g} "
                   f"{float(v['values'].get('threshold', 'nan')):>10.4g} {str(flags[-1] if flags else '?'):<5} "
                   f"{latency_ms:.0f} ms")
         summary = summarise(rows)
         for phase, s in summary["phases"].items():
-            print(f"[demo] {phase:<13} {s['n']} frames: {s['warn']} judged OoD, {s['error']} invalid, "
+            print(f"[demo] {phase:<13} {s['n']} frames: {s['ood']} judged OoD, {s['error']} invalid, "
                   f"flag raised on {s['flag_raised']}")
         print(f"[demo] end-to-end latency p50 {summary['latency_ms_p50']:.0f} ms, p99 {summary['latency_ms_p99']:.0f} ms")
     finally:
@@ -138,13 +140,14 @@ def run(work: Path, cfg: Any, *, checkpoint: str, artefact: str, n_per_phase: in
     return summary
 
 
-def summarise(rows: list[tuple[str, str, float, float, bool | None]]) -> dict[str, Any]:
+def summarise(rows: list[tuple[str, bool, bool, float, bool | None]]) -> dict[str, Any]:
+    """Per phase: frames, frames judged OoD (raw), invalid ones, frames with the debounced flag raised."""
     phases: dict[str, dict[str, int]] = {}
-    for phase, level, _score, _lat, flag in rows:
-        p = phases.setdefault(phase, {"n": 0, "warn": 0, "error": 0, "flag_raised": 0})
+    for phase, raw_ood, invalid, _lat, flag in rows:
+        p = phases.setdefault(phase, {"n": 0, "ood": 0, "error": 0, "flag_raised": 0})
         p["n"] += 1
-        p["warn"] += level == "WARN"
-        p["error"] += level == "ERROR"
+        p["ood"] += raw_ood
+        p["error"] += invalid
         p["flag_raised"] += bool(flag)
     lat = np.array([r[3] for r in rows]) if rows else np.array([np.nan])
     return {"phases": phases, "latency_ms_p50": float(np.percentile(lat, 50)),
