@@ -128,6 +128,34 @@ class DetectorArtefact:
         features = self.pca.transform(h_z) if self.pca is not None else h_z
         return np.asarray(self.detector.score_samples(features), dtype=np.float64)
 
+    @property
+    def supports_device_scoring(self) -> bool:
+        """Whether :meth:`score_features_torch` can score on a device (the detector has a torch path)."""
+        return bool(getattr(self.detector, "supports_torch", False))
+
+    def score_features_torch(self, h_z: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`score_features` on the tensor's device, without host synchronisation.
+
+        Parameters
+        ----------
+        h_z : Tensor of shape (N, C)
+            Per-dimension entropies, on any device. Values are not checked: a non-finite row gives
+            a non-finite or meaningless score, which the caller masks (the per-frame path does).
+
+        Returns
+        -------
+        Tensor of shape (N,), float64 (float32 on MPS), on ``h_z``'s device; higher = less safe.
+        Equal to :meth:`score_features` to rounding where the detector's scikit-learn reference is
+        exact (see :func:`~lsea_monitor.detectors.base.kde_log_density_torch`).
+        """
+        if h_z.ndim != 2 or h_z.shape[1] != self.n_features:
+            raise InputValidationError(
+                f"Entropy features have shape {tuple(h_z.shape)}; the artefact expects (N, {self.n_features}). "
+                "Was the artefact calibrated on another model or layer?"
+            )
+        features = self.pca.transform_torch(h_z, check_finite=False) if self.pca is not None else h_z
+        return self.detector.score_torch(features)
+
     def with_threshold(self, threshold: float) -> "DetectorArtefact":
         return replace(self, threshold=float(threshold))
 

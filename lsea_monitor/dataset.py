@@ -163,12 +163,21 @@ class LatentPCA:
         """``fit(x).transform(x)``."""
         return self.fit(x).transform(x)
 
-    def transform_torch(self, x: torch.Tensor) -> torch.Tensor:
+    def transform_torch(self, x: torch.Tensor, *, check_finite: bool = True) -> torch.Tensor:
         """:meth:`transform` on a tensor's device (float64; float32 on MPS); shape (n, n_components).
 
         Parameters
         ----------
         x : Tensor, shape (n_samples, n_features_in_)
+        check_finite : bool, default True
+            Refuse non-finite values. Counting them reads a device value back to the host; the
+            per-frame GPU path passes False and masks non-finite rows itself (they map to
+            non-finite or meaningless rows, never raise).
+
+        Notes
+        -----
+        The learned arrays are copied to the device once and kept (per device and dtype), so a
+        call costs no host-to-device copy.
         """
         self._check_is_fitted()
         if not isinstance(x, torch.Tensor):
@@ -181,15 +190,27 @@ class LatentPCA:
             )
         dtype = torch.float32 if x.device.type == "mps" else torch.float64
         x = x.detach().to(dtype=dtype)
-        n_bad = int((~torch.isfinite(x)).sum().item())
-        if n_bad:
-            raise InputValidationError(f"x contains {n_bad} non-finite value(s) out of {x.numel()}.")
-        components = torch.as_tensor(self.components_, dtype=dtype, device=x.device)
-        mean = torch.as_tensor(self.mean_, dtype=dtype, device=x.device)
-        out = x @ components.T - mean.reshape(1, -1) @ components.T
+        if check_finite:
+            n_bad = int((~torch.isfinite(x)).sum().item())
+            if n_bad:
+                raise InputValidationError(f"x contains {n_bad} non-finite value(s) out of {x.numel()}.")
+        components_t, mean_projected, scale = self._device_state(x.device, dtype)
+        out = x @ components_t - mean_projected
         if self.whiten:
-            out = out / torch.as_tensor(self._scale(), dtype=dtype, device=x.device)
+            out = out / scale
         return out
+
+    def _device_state(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """(components.T, mean @ components.T, scale) on ``device``, computed once per device/dtype."""
+        key = (str(device), dtype, id(self.components_), id(self.mean_), id(self.explained_variance_))
+        cached = getattr(self, "_torch_state", None)
+        if cached is None or cached[0] != key:
+            components = torch.as_tensor(self.components_, dtype=dtype, device=device)
+            mean = torch.as_tensor(self.mean_, dtype=dtype, device=device)
+            scale = torch.as_tensor(self._scale(), dtype=dtype, device=device)
+            cached = (key, (components.T, mean.reshape(1, -1) @ components.T, scale))
+            self._torch_state = cached
+        return cached[1]
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (JSON-able)."""

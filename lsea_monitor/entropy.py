@@ -18,6 +18,8 @@ queries ``k + 1`` neighbours and drops the point itself), floored at ``min_dist`
 
 numpy input is computed in float64 and returns numpy; a torch tensor is computed on its own
 device (float64 where the device supports it, float32 on MPS) and returns a tensor there.
+:func:`entropy_per_dim_device` is the per-frame variant for accelerators: it never reads a device
+value back to the host (no finiteness check), so a GPU pipeline can stay asynchronous.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lsea_monitor.errors import InputValidationError
 __all__ = [
     "entropy_joint",
     "entropy_per_dim",
+    "entropy_per_dim_device",
     "knn_entropy",
     "latent_entropy",
     "reference_entropy_loop",
@@ -61,8 +64,8 @@ def _to_work_tensor(samples: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, b
     return torch.from_numpy(array), True
 
 
-def _validate(x: torch.Tensor, k: int | None, min_dist: float) -> int:
-    """Check shape, finiteness, ``k`` and ``min_dist``; return the ``k`` to use."""
+def _validate(x: torch.Tensor, k: int | None, min_dist: float, *, check_finite: bool = True) -> int:
+    """Check shape, finiteness (unless ``check_finite`` is False), ``k`` and ``min_dist``; return ``k``."""
     if x.ndim < 2:
         raise InputValidationError(
             f"samples must have shape (..., M, C) with at least 2 dimensions, got shape "
@@ -78,7 +81,7 @@ def _validate(x: torch.Tensor, k: int | None, min_dist: float) -> int:
         raise InputValidationError(
             f"samples have C=0 channels (shape {tuple(x.shape)}); give at least one channel."
         )
-    n_bad = int((~torch.isfinite(x)).sum().item())
+    n_bad = int((~torch.isfinite(x)).sum().item()) if check_finite else 0
     if n_bad:
         raise InputValidationError(
             f"samples contain {n_bad} non-finite value(s) (NaN or inf) out of {x.numel()}; "
@@ -183,6 +186,36 @@ def entropy_per_dim(
         return _finish(h if was_numpy else h.to(x.dtype), was_numpy)
     eps = _kth_neighbour_1d(x, k)  # (..., C, M)
     return _finish(_kl_sum(eps, x.shape[-2], 1, k, min_dist), was_numpy)
+
+
+def entropy_per_dim_device(samples: torch.Tensor, k: int | None = None, min_dist: float = 1e-5) -> torch.Tensor:
+    """:func:`entropy_per_dim` on the tensor's own device without any host synchronisation.
+
+    The per-frame GPU path uses it: shapes, ``k`` and ``min_dist`` are checked (host-side facts),
+    the values are not, because counting non-finite values means reading a device value back.
+    A block holding NaN or inf gets a meaningless (possibly non-finite) row; the caller masks such
+    rows with its own on-device ``isfinite`` test. The window implementation runs on any device,
+    the CPU included (where it cross-checks the numpy implementation of :func:`entropy_per_dim`).
+
+    Parameters
+    ----------
+    samples : Tensor, shape (..., M, C)
+    k : int or None, default None
+        Neighbour order, ``1 <= k < M``; None means ``min(5, M - 1)``.
+    min_dist : float, default 1e-5
+
+    Returns
+    -------
+    Tensor, shape (..., C)
+        Nats; float64 (float32 on MPS), on the input's device.
+    """
+    if not isinstance(samples, torch.Tensor):
+        raise InputValidationError(
+            f"entropy_per_dim_device needs a torch.Tensor, got {type(samples).__name__}; use entropy_per_dim."
+        )
+    x, _ = _to_work_tensor(samples)
+    k = _validate(x, k, min_dist, check_finite=False)
+    return _kl_sum(_kth_neighbour_1d(x, k), x.shape[-2], 1, k, min_dist)
 
 
 #: Distances are multiplied in groups of this size before one log per group (log is the costly

@@ -5,7 +5,11 @@ The subscription callback only converts and validates a frame and puts it into a
 ``~/verdict`` (DiagnosticArray, the image's header) and ``~/ood`` (Bool, the debounced flag). Node
 health goes to ``/diagnostics`` in every lifecycle state. Anything that prevents a verdict (a bad
 image, a model error, no input for ``watchdog_timeout_s``) gives an ERROR verdict and raises the
-flag. Parameters: :mod:`lsea_monitor.node_params`; bookkeeping: :mod:`lsea_monitor.node_stats`.
+flag. With ``image_topics`` the node serves several cameras: one slot, hysteresis and watchdog per
+camera, the newest frame of each scored in one batched forward pass, verdicts on
+``~/<camera>/verdict`` and ``~/<camera>/ood`` (:mod:`lsea_monitor.node_cameras`). The worker thread
+also runs the warm-up (compiled code and CUDA graphs are per thread). Parameters:
+:mod:`lsea_monitor.node_params`; bookkeeping: :mod:`lsea_monitor.node_stats`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -31,7 +36,8 @@ from std_msgs.msg import Bool, Header
 
 from lsea_monitor import node_msgs, node_params
 from lsea_monitor.errors import LseaError
-from lsea_monitor.node_stats import LatestSlot, NodeStats
+from lsea_monitor.node_cameras import CameraChannel, CameraSlots, Watchdog, health_values, parse_image_topics
+from lsea_monitor.node_stats import NodeStats
 from lsea_monitor.pipeline import FrameScore, FrameScorer, Hysteresis, frame_seed
 from lsea_monitor.ros_image import msg_to_rgb
 
@@ -56,17 +62,15 @@ class MonitorNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._stats = NodeStats(now_s=time.monotonic())
-        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._slots: CameraSlots[Frame] = CameraSlots(1)
         self._lock = threading.Lock()  # hysteresis, publishers and _active
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._scorer: Optional[FrameScorer] = None
-        self._hysteresis: Optional[Hysteresis] = None
+        self._channels: list[CameraChannel] = []  # one per camera while active
         self._active = False
-        self._stale, self._last_stale_s = False, 0.0
-        self._last_input_ns = time.monotonic_ns()
-        self._sub = self._verdict_pub = self._ood_pub = self._watchdog = None
-        self._groups = [MutuallyExclusiveCallbackGroup() for _ in range(3)]  # images, watchdog, health
+        self._watchdog = None
+        self._groups = [MutuallyExclusiveCallbackGroup() for _ in range(2)]  # watchdog, health
         self._health_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUT_QOS)
         self._health_timer = self._make_health_timer()
 
@@ -78,9 +82,11 @@ class MonitorNode(LifecycleNode):
             return self._fail("configure", f"parameter(s) {', '.join(missing)} not set; give them in the params "
                               "file or with -p name:=value")
         try:
+            speed = {"scoring": p.scoring, "channels_last": p.channels_last,
+                     "compile_mode": p.compile_mode if p.compile else None}
             self._scorer = FrameScorer.from_files(checkpoint=p.checkpoint, model_class=p.model_class, layer=p.layer,
                                                   artefact=p.artefact, device=p.device, precision=p.precision,
-                                                  mc_samples=p.mc_samples)
+                                                  mc_samples=p.mc_samples, **speed)
         except Exception as err:  # noqa: BLE001 - any load failure is a configure FAILURE with its message
             return self._fail("configure", _describe(err))
         s = self._scorer
@@ -89,29 +95,34 @@ class MonitorNode(LifecycleNode):
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p, s = self.params, self._scorer
-        try:
-            s.warmup()
-        except Exception as err:  # noqa: BLE001
-            return self._fail("activate", f"warm-up failed: {_describe(err)}")
-        self._hysteresis = self._new_hysteresis()
-        self._verdict_pub = self.create_publisher(DiagnosticArray, "~/verdict", OUT_QOS)
-        self._ood_pub = self.create_publisher(Bool, "~/ood", OUT_QOS)
+        p = self.params
+        now_ns = time.monotonic_ns()
+        self._channels = [CameraChannel(cam, self._new_hysteresis(), Watchdog(now_ns))
+                          for cam in parse_image_topics(p.image_topics)]
+        self._slots = CameraSlots(len(self._channels))
+        self._stop.clear()
+        warmed, ready = {}, threading.Event()
+        self._worker = threading.Thread(target=self._work, args=(warmed, ready), name="lsea_monitor_worker", daemon=True)
+        self._worker.start()
+        ready.wait()
+        if "error" in warmed:
+            self.stop_serving()
+            return self._fail("activate", f"warm-up failed: {warmed['error']}")
         reliability = ReliabilityPolicy.RELIABLE if p.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
         qos = QoSProfile(depth=p.qos_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
         msg_type = CompressedImage if p.input_type == "compressed" else Image
         self._stats.reset(time.monotonic())
-        self._last_input_ns, self._stale = time.monotonic_ns(), False
-        self._stop.clear()
-        self._slot.clear()
-        self._worker = threading.Thread(target=self._work, name="lsea_monitor_worker", daemon=True)
-        self._worker.start()
         with self._lock:
             self._active = True
-        self._sub = self.create_subscription(msg_type, "image", self._on_image, qos, callback_group=self._groups[0])
-        self._watchdog = self.create_timer(0.1, self._on_watchdog, callback_group=self._groups[1])
-        self.get_logger().info(f"Active: {p.input_type} images on {self._sub.topic_name} ({p.qos_reliability}, "
-                               f"depth {p.qos_depth}) -> {self._verdict_pub.topic_name}, {self._ood_pub.topic_name}")
+        for i, ch in enumerate(self._channels):  # a callback group per camera: cameras convert in parallel
+            ch.watchdog.reset(time.monotonic_ns())
+            ch.verdict_pub = self.create_publisher(DiagnosticArray, ch.camera.verdict_topic, OUT_QOS)
+            ch.ood_pub = self.create_publisher(Bool, ch.camera.ood_topic, OUT_QOS)
+            ch.sub = self.create_subscription(msg_type, ch.camera.topic, partial(self._on_image, camera=i), qos,
+                                              callback_group=MutuallyExclusiveCallbackGroup())
+            self.get_logger().info(f"Active: {p.input_type} images on {ch.sub.topic_name} ({p.qos_reliability}, "
+                                   f"depth {p.qos_depth}) -> {ch.verdict_pub.topic_name}, {ch.ood_pub.topic_name}")
+        self._watchdog = self.create_timer(0.1, self._on_watchdog, callback_group=self._groups[0])
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -135,22 +146,25 @@ class MonitorNode(LifecycleNode):
         """Stop the worker, destroy the subscription, watchdog and publishers (any state; idempotent)."""
         with self._lock:
             self._active = False
-        for entity, destroy in ((self._sub, self.destroy_subscription), (self._watchdog, self.destroy_timer)):
+        for entity, destroy in [(c.sub, self.destroy_subscription) for c in self._channels] + [
+                (self._watchdog, self.destroy_timer)]:
             if entity is not None:
                 destroy(entity)
-        self._sub = self._watchdog = None
+        for ch in self._channels:
+            ch.sub = None
+        self._watchdog = None
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=60.0)
             if self._worker.is_alive():
                 self.get_logger().error("The inference worker did not stop within 60 s; leaving it behind.")
             self._worker = None
-        self._stats.on_dropped(self._slot.clear())
+        self._stats.on_dropped(self._slots.clear())
         with self._lock:
-            for pub in (self._verdict_pub, self._ood_pub):
-                if pub is not None:
+            for ch in self._channels:
+                for pub in (p for p in (ch.verdict_pub, ch.ood_pub) if p is not None):
                     self.destroy_publisher(pub)
-            self._verdict_pub = self._ood_pub = None
+                ch.verdict_pub = ch.ood_pub = None
 
     @property
     def status_prefix(self) -> str:
@@ -164,9 +178,9 @@ class MonitorNode(LifecycleNode):
             return "unknown"
 
     # --- frames -------------------------------------------------------------------------------
-    def _on_image(self, msg: Any) -> None:
+    def _on_image(self, msg: Any, camera: int = 0) -> None:
         recv_ns = time.monotonic_ns()
-        self._last_input_ns = recv_ns
+        self._channels[camera].watchdog.on_input(recv_ns)
         self._stats.on_input(recv_ns / 1e9)
         try:
             rgb = msg_to_rgb(msg, max_pixels=self.params.max_image_pixels)
@@ -174,80 +188,90 @@ class MonitorNode(LifecycleNode):
             reason = f"rejected image: {_describe(err)}"
             self._stats.on_rejected(reason)
             self.get_logger().warning(reason, throttle_duration_sec=5.0)
-            self._emit(msg.header, FrameScore.invalid(reason), recv_ns, NAN)
+            self._emit(camera, msg.header, FrameScore.invalid(reason), recv_ns, NAN)
             return
-        if self._slot.put(Frame(msg.header, rgb, recv_ns)):
+        if self._slots.put(camera, Frame(msg.header, rgb, recv_ns)):
             self._stats.on_dropped()
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            frame = self._slot.take(timeout_s=0.1)
-            if frame is None:
+    def _work(self, warmed: dict[str, str], ready: threading.Event) -> None:
+        try:  # here, not in on_activate: compiled code and CUDA graphs belong to the thread that warmed them
+            n = len(self._channels)
+            self._scorer.warmup() if n == 1 else self._scorer.warmup(batch_sizes=range(1, n + 1))
+        except Exception as err:  # noqa: BLE001 - reported by on_activate as a FAILURE
+            warmed["error"] = _describe(err)
+        ready.set()
+        while "error" not in warmed and not self._stop.is_set():
+            taken = self._slots.take_all(timeout_s=0.1, gather_s=self.params.batch_gather_ms / 1e3)
+            if not taken:
                 continue
             t0 = time.monotonic()
+            frames = [f for _, f in taken]
+            # Seeded by each frame's stamp: a replay of the same frame gets the same MC draws, batched or not.
+            seeds = [frame_seed(f.header.stamp.sec * 1_000_000_000 + f.header.stamp.nanosec) for f in frames]
             try:
-                # Seeded by the frame's stamp: a replay of the same frame gets the same MC draws.
-                stamp_ns = frame.header.stamp.sec * 1_000_000_000 + frame.header.stamp.nanosec
-                result = self._scorer.score_images([frame.rgb], seed=frame_seed(stamp_ns))[0]
-            except Exception as err:  # noqa: BLE001 - contained: ERROR verdict, flag raised, keep serving
-                result = FrameScore.invalid(f"inference failed: {_describe(err)}")
+                results = (self._scorer.score_images([frames[0].rgb], seed=seeds[0]) if len(frames) == 1 else
+                           self._scorer.score_images([f.rgb for f in frames], seeds=seeds))
+            except Exception as err:  # noqa: BLE001 - contained: ERROR verdicts, flags raised, keep serving
+                results = [FrameScore.invalid(f"inference failed: {_describe(err)}")] * len(frames)
             inference_ms = (time.monotonic() - t0) * 1e3
-            if not result.valid:
-                self.get_logger().warning(f"No verdict for a frame: {result.reason}", throttle_duration_sec=5.0)
-            latency_ms = self._emit(frame.header, result, frame.recv_ns, inference_ms)
-            self._stats.on_processed(time.monotonic(), latency_ms=latency_ms, inference_ms=inference_ms,
-                                     error="" if result.valid else result.reason)
+            for (camera, frame), result in zip(taken, results):
+                if not result.valid:
+                    self.get_logger().warning(f"No verdict for a frame: {result.reason}", throttle_duration_sec=5.0)
+                latency_ms = self._emit(camera, frame.header, result, frame.recv_ns, inference_ms)
+                self._stats.on_processed(time.monotonic(), latency_ms=latency_ms, inference_ms=inference_ms,
+                                         error="" if result.valid else result.reason)
             rate = self.params.max_rate_hz
             if rate > 0:
                 self._stop.wait(max(0.0, t0 + 1.0 / rate - time.monotonic()))
 
-    def _emit(self, header: Header, result: FrameScore, recv_ns: Optional[int], inference_ms: float) -> float:
-        """Update the hysteresis and publish one verdict and the flag; return the latency in ms."""
+    def _emit(self, camera: int, header: Header, result: FrameScore, recv_ns: Optional[int],
+              inference_ms: float) -> float:
+        """Update the camera's hysteresis and publish its verdict and flag; return the latency in ms."""
         with self._lock:
-            if not self._active or self._hysteresis is None:
+            if not self._active:
                 return NAN
-            flag = self._hysteresis.update(result.is_ood) if result.valid else self._hysteresis.force_raise()
+            ch = self._channels[camera]
+            flag = ch.hysteresis.update(result.is_ood) if result.valid else ch.hysteresis.force_raise()
             latency_ms = NAN if recv_ns is None else (time.monotonic_ns() - recv_ns) / 1e6
             s = self._scorer
             msg = node_msgs.verdict_array(
-                header, name=f"{self.status_prefix}: ood verdict", hardware_id=str(s.device), flag=flag,
+                header, name=ch.camera.status_name(self.status_prefix), hardware_id=str(s.device), flag=flag,
                 raw_is_ood=bool(result.is_ood), valid=result.valid, score=result.score, threshold=s.threshold,
                 latency_ms=latency_ms, inference_ms=inference_ms, mc_samples=s.mc_samples, reason=result.reason)
             try:
-                self._verdict_pub.publish(msg)
-                self._ood_pub.publish(Bool(data=flag))
+                ch.verdict_pub.publish(msg)
+                ch.ood_pub.publish(Bool(data=flag))
             except Exception as err:  # noqa: BLE001 - e.g. the context is shutting down
                 self.get_logger().warning(f"Could not publish a verdict: {_describe(err)}", throttle_duration_sec=5.0)
             return latency_ms
 
     def _on_watchdog(self) -> None:
         timeout_s = self.params.watchdog_timeout_s
-        idle_s = (time.monotonic_ns() - self._last_input_ns) / 1e9
-        if timeout_s <= 0 or idle_s <= timeout_s:
-            if self._stale:
-                self._stale = False
-                self.get_logger().info("Images are back: the watchdog cleared.")
-            return
-        # repeat at most every timeout_s (and at least every second) while stale
-        if self._stale and (time.monotonic() - self._last_stale_s) < min(timeout_s, 1.0):
-            return
-        self._stale, self._last_stale_s = True, time.monotonic()
-        reason = f"stale: no image on {self._sub.topic_name if self._sub else 'image'} for {idle_s:.1f} s " \
-                 f"(watchdog_timeout_s {timeout_s:g})"
-        self._stats.on_stale(reason)
-        self.get_logger().warning(reason, throttle_duration_sec=5.0)
-        self._emit(Header(stamp=self.get_clock().now().to_msg()), FrameScore.invalid(reason), None, NAN)
+        for i, ch in enumerate(self._channels):
+            now_ns = time.monotonic_ns()
+            action = ch.watchdog.check(now_ns, timeout_s)
+            if action == "cleared":
+                self.get_logger().info(f"Images are back on {ch.camera.topic}: the watchdog cleared.")
+            if action != "stale":
+                continue
+            topic = ch.sub.topic_name if ch.sub else ch.camera.topic
+            reason = f"stale: no image on {topic} for {ch.watchdog.idle_s(now_ns):.1f} s " \
+                     f"(watchdog_timeout_s {timeout_s:g})"
+            self._stats.on_stale(reason)
+            self.get_logger().warning(reason, throttle_duration_sec=5.0)
+            self._emit(i, Header(stamp=self.get_clock().now().to_msg()), FrameScore.invalid(reason), None, NAN)
 
     # --- health and parameters ----------------------------------------------------------------
     def _make_health_timer(self) -> Any:
-        return self.create_timer(self.params.diagnostics_period_s, self._publish_health, callback_group=self._groups[2])
+        return self.create_timer(self.params.diagnostics_period_s, self._publish_health, callback_group=self._groups[1])
 
     def _publish_health(self) -> None:
+        chans = list(self._channels)
         msg = node_msgs.health_array(
             self._stats.snapshot(time.monotonic()), name=f"{self.status_prefix}: health", state=self.state_label(),
-            stale=self._stale, scorer=self._scorer, mc_samples=self.params.mc_samples,
-            input_topic=self._sub.topic_name if self._sub else "",
-            flag=self._hysteresis.flag if self._hysteresis is not None else True)
+            stale=any(c.watchdog.stale for c in chans), scorer=self._scorer, mc_samples=self.params.mc_samples,
+            input_topic=",".join(c.sub.topic_name for c in chans if c.sub), extra=health_values(chans),
+            flag=any(c.hysteresis.flag for c in chans) if chans else True)
         msg.header.stamp = self.get_clock().now().to_msg()
         with contextlib.suppress(Exception):  # shutting down
             self._health_pub.publish(msg)
@@ -261,8 +285,8 @@ class MonitorNode(LifecycleNode):
         self.params = p
         if (old.raise_after, old.window, old.clear_after) != (p.raise_after, p.window, p.clear_after):
             with self._lock:  # a new hysteresis starts raised: fail closed until clear_after InD frames
-                if self._hysteresis is not None:
-                    self._hysteresis = self._new_hysteresis()
+                for ch in self._channels:
+                    ch.hysteresis = self._new_hysteresis()
         if old.diagnostics_period_s != p.diagnostics_period_s:
             self.destroy_timer(self._health_timer)
             self._health_timer = self._make_health_timer()

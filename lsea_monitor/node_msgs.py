@@ -58,10 +58,11 @@ def verdict_array(header: Any, *, name: str, hardware_id: str, flag: bool, raw_i
 
 
 def health_array(snap: Any, *, name: str, state: str, stale: bool, scorer: Any, mc_samples: int,
-                 input_topic: str, flag: bool) -> DiagnosticArray:
+                 input_topic: str, flag: bool, extra: Mapping[str, Any] | None = None) -> DiagnosticArray:
     """Node health from a :class:`~lsea_monitor.node_stats.HealthSnapshot` (header stamp left to the caller).
 
-    Level: ERROR while the input is stale, WARN when not active (not monitoring), else OK.
+    Level: ERROR while the input is stale (any camera's), WARN when not active (not monitoring),
+    else OK. ``extra``: more key-values (the cameras of a multi-camera node).
     """
     if stale:
         level, message = ERROR, "stale input: no images within watchdog_timeout_s"
@@ -80,6 +81,7 @@ def health_array(snap: Any, *, name: str, state: str, stale: bool, scorer: Any, 
         "device": str(s.device) if s else "", "model_id": s.model_id if s else "",
         "artefact_id": s.artefact_id if s else "", "threshold": float(s.threshold) if s else float("nan"),
         "mc_samples": s.mc_samples if s else mc_samples, "ood_flag": flag, "last_error": snap.last_error,
+        **(extra or {}),
     }
     status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=values["device"])
     status.values = key_values(values)

@@ -19,9 +19,12 @@ from typing import Any, Iterable, Union
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from lsea_monitor.errors import InputValidationError
+from lsea_monitor.node_cameras import image_topics_problems
 from lsea_monitor.ros_image import DEFAULT_MAX_PIXELS
 
-Value = Union[bool, int, float, str]
+Value = Union[bool, int, float, str, list, tuple]
+#: torch.compile modes (lsea_monitor.accel.COMPILE_MODES; not imported here to keep torch out).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 STARTUP, CONFIGURE, ACTIVATE, LIVE = "startup", "configure", "activate", "live"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -53,6 +56,18 @@ SPECS: tuple[ParamSpec, ...] = (
               choices=("fp32", "fp16", "bf16")),
     ParamSpec("mc_samples", "mc_samples", 0, "MC-dropout samples per frame; 0 = the artefact's (others are refused).",
               CONFIGURE, 0, 1024),
+    ParamSpec("scoring", "scoring", "auto", "Where entropies, PCA and the detector run: auto (device on a GPU), "
+              "host, device.", CONFIGURE, choices=("auto", "host", "device")),
+    ParamSpec("channels_last", "channels_last", False, "Model and input in channels_last memory format.", CONFIGURE),
+    ParamSpec("compile", "compile", False, "torch.compile the deterministic parts of the model (compiled during "
+              "the warm-up at activate: slow the first time).", CONFIGURE),
+    ParamSpec("compile_mode", "compile_mode", "default", "torch.compile mode; reduce-overhead adds CUDA graphs.",
+              CONFIGURE, choices=COMPILE_MODES),
+    ParamSpec("image_topics", "image_topics", [], "Cameras as 'name=topic' or 'topic' (name from the topic); "
+              "[] = one camera on 'image' with ~/verdict and ~/ood. Several: one batched forward pass for the "
+              "newest frame of each, verdicts on ~/<name>/verdict and ~/<name>/ood.", ACTIVATE),
+    ParamSpec("batch_gather_ms", "batch_gather_ms", 2.0, "Several cameras: once one frame is in, wait up to this "
+              "long for the others' so that they share a forward pass.", LIVE, 0.0, 1000.0),
     ParamSpec("max_rate_hz", "max_rate_hz", 0.0, "Most frames processed per second; 0 = as fast as possible.", LIVE,
               0.0, 1000.0),
     ParamSpec("hysteresis.raise_after", "raise_after", 3, "Raise the flag after k OoD frames in the window.", LIVE,
@@ -87,6 +102,12 @@ class MonitorParams:
     device: str = "auto"
     precision: str = "fp32"
     mc_samples: int = 0
+    scoring: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    image_topics: tuple = ()
+    batch_gather_ms: float = 2.0
     max_rate_hz: float = 0.0
     raise_after: int = 3
     window: int = 5
@@ -101,6 +122,8 @@ class MonitorParams:
         """A copy with ROS parameter ``values`` (by ROS name) applied."""
         kwargs = {f: getattr(self, f) for f in self.__dataclass_fields__}
         kwargs.update({BY_NAME[name].field: value for name, value in values.items() if name in BY_NAME})
+        topics = kwargs["image_topics"]  # a string array; None or a byte array when declared/given empty
+        kwargs["image_topics"] = tuple(topics) if isinstance(topics, (list, tuple)) else (() if not topics else topics)
         return MonitorParams(**kwargs)
 
 
@@ -110,6 +133,8 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
         constraints = f"one of {', '.join(spec.choices)}; {constraints}"
     d = ParameterDescriptor(name=spec.name, description=spec.description, additional_constraints=constraints,
                             read_only=spec.applies == STARTUP)
+    if isinstance(spec.default, list):
+        d.dynamic_typing = True  # an empty default has no type for rclpy; problems() checks the strings
     if isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.low is not None:
         d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     elif isinstance(spec.default, float) and spec.low is not None:
@@ -128,6 +153,10 @@ def problems(p: MonitorParams) -> list[str]:
         out.append(f"device must be auto, cpu, cuda or cuda:N, got {p.device!r}")
     if p.raise_after > p.window:
         out.append(f"hysteresis.raise_after ({p.raise_after}) must not exceed hysteresis.window ({p.window})")
+    if not isinstance(p.image_topics, tuple) or not all(isinstance(t, str) for t in p.image_topics):
+        out.append(f"image_topics must be a list of strings, got {p.image_topics!r}")
+    else:
+        out += image_topics_problems(p.image_topics)
     return out
 
 

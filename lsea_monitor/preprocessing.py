@@ -7,6 +7,7 @@ rebuild it from there, so a frame is resized and normalised exactly as during ca
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import cv2
@@ -94,8 +95,7 @@ class Preprocessing:
         """
         if batch_uint8.ndim != 4 or batch_uint8.shape[-1] != 3:
             raise InputValidationError(f"Expected a (B, H, W, 3) uint8 batch, got {tuple(batch_uint8.shape)}.")
-        mean = torch.tensor(self.mean, device=batch_uint8.device, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=batch_uint8.device, dtype=torch.float32).view(1, 3, 1, 1)
+        mean, std = _stats_on(self.mean, self.std, batch_uint8.device)
         x = batch_uint8.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
         return ((x - mean) / std).to(dtype)
 
@@ -108,3 +108,13 @@ class Preprocessing:
         if len(images) == 0:
             raise InputValidationError("Cannot preprocess an empty list of images.")
         return self.normalize(torch.from_numpy(np.stack([self.resize(im) for im in images])))
+
+
+@lru_cache(maxsize=32)
+def _stats_on(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) float32 tensors on ``device``, made once: building them per frame
+    would be a synchronous host-to-device copy on a GPU."""
+    def make(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+
+    return make(mean), make(std)

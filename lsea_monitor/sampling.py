@@ -22,7 +22,7 @@ same numbers for the same seed.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -34,10 +34,10 @@ from torch import nn
 
 from lsea_monitor.errors import InputValidationError, ModelLoadError
 from lsea_monitor.hooks import (
+    DropoutSpec,
     PerSampleForward,
     _lookup,
     _spec_table,
-    enable_mc_dropout,
     get_module,
 )
 
@@ -48,20 +48,23 @@ _STRATEGIES = ("fast", "naive")
 
 # A "direct" drawer returns, for n draws on activation x (B, C, H, W): keep masks (n, H, W) and a
 # per-draw factor f (n,) such that the spatial mean of the module's output is f * sum(x * keep).
-DirectDraw = Callable[[nn.Module, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+# The optional last argument is the torch.Generator to draw from (None: the global one).
+DirectDraw = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------------------------
 # Per-sample DropBlock implementations (library formulas, rescaled per sample)
 # --------------------------------------------------------------------------------------------
-def _dropblock_keep(module: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
+def _dropblock_keep(
+    module: nn.Module, x: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``n`` keep masks of ``dropblock.DropBlock2D/3D`` for activation ``x``, shape (n, *spatial).
 
     Same draws as the library (``rand < gamma`` seeds of the same shape, then the module's own
     ``_compute_block_mask`` with its padding and even-size crop), but on ``x``'s device.
     """
     gamma = module._compute_gamma(x)
-    seeds = (torch.rand(n, *x.shape[2:], device=x.device) < gamma).float()
+    seeds = (torch.rand(n, *x.shape[2:], device=x.device, generator=generator) < gamma).float()
     return module._compute_block_mask(seeds)
 
 
@@ -78,17 +81,19 @@ def _dropblock_per_sample(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _dropblock2d_direct(
-    module: nn.Module, x: torch.Tensor, n: int
+    module: nn.Module, x: torch.Tensor, n: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if module.drop_prob == 0.0:
         keep = torch.ones(n, *x.shape[2:], device=x.device)
         return keep, torch.full((n,), 1.0 / keep[0].numel(), device=x.device)
-    keep = _dropblock_keep(module, x, n)
+    keep = _dropblock_keep(module, x, n, generator)
     # mean(x * keep * HW / kept) = sum(x * keep) / kept
     return keep, 1.0 / keep.flatten(1).sum(1)
 
 
-def _timm_keep(module: nn.Module, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _timm_keep(
+    module: nn.Module, x: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """timm ``drop_block_2d`` masks for ``n`` draws on ``x``: (keep, dropped), each (n, c, H, W)."""
     _, c, h, w = x.shape
     bs = module.block_size
@@ -99,7 +104,7 @@ def _timm_keep(module: nn.Module, x: torch.Tensor, n: int) -> tuple[torch.Tensor
         / float((h - kh + 1) * (w - kw + 1))
     )
     shape = (n, 1 if module.couple_channels else c, h, w)
-    dropped = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(gamma)
+    dropped = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(gamma, generator=generator)
     dropped = F.max_pool2d(dropped, kernel_size=(kh, kw), stride=1, padding=(kh // 2, kw // 2))
     if kh % 2 == 0 or kw % 2 == 0:
         dropped = dropped[..., (kh + 1) % 2 :, (kw + 1) % 2 :]
@@ -122,9 +127,9 @@ def _timm_dropblock_per_sample(module: nn.Module, x: torch.Tensor) -> torch.Tens
 
 
 def _timm_dropblock_direct(
-    module: nn.Module, x: torch.Tensor, n: int
+    module: nn.Module, x: torch.Tensor, n: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    keep, _ = _timm_keep(module, x, n)
+    keep, _ = _timm_keep(module, x, n, generator)
     keep = keep[:, 0].to(torch.float32)
     if module.scale_by_keep:
         return keep, 1.0 / keep.flatten(1).sum(1).add(1e-7)
@@ -190,6 +195,10 @@ class _Rechunk(BaseException):
     """The fast pass needs expanded activations larger than ``chunk_size``: rerun per chunk."""
 
 
+class _PerImage(BaseException):
+    """Per-image seeds were given but the pass would draw for the whole batch at once."""
+
+
 @dataclass
 class _Stochastic:
     """An active stochastic module and how to sample it per sample."""
@@ -228,14 +237,26 @@ class _MCSession:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> _MCSession:
-        self._flags = [(m, m.training) for m in self.model.modules()]
+        # Once per frame: one traversal, one spec lookup per module type, and flags written only
+        # where they change (nn.Module.__setattr__ and recursive train() calls cost ~3 ms per
+        # frame for a ResNet-101 otherwise). Same effect as enable_mc_dropout().
+        named = list(self.model.named_modules())
+        self._flags = [(m, m.training) for _, m in named]
         try:
-            switched = {id(m) for m in enable_mc_dropout(self.model)}
+            if any(flag for _, flag in self._flags):
+                self.model.eval()
             table = _spec_table()
-            for name, m in self.model.named_modules():
-                if id(m) not in switched or _drop_rate(m) == 0.0:
+            specs: dict[type, DropoutSpec | None] = {}
+            for name, m in named:
+                kind = type(m)
+                if kind not in specs:
+                    specs[kind] = _lookup(table, m)
+                spec = specs[kind]
+                if spec is None:
+                    continue
+                m.training = True  # every dropout-like module, as enable_mc_dropout
+                if _drop_rate(m) == 0.0:
                     continue  # p = 0 is deterministic
-                spec = _lookup(table, m)
                 per_sample, direct = spec.per_sample_forward, None
                 if per_sample is None and not spec.batch_independent:
                     per_sample, direct = _builtin_per_sample(m)
@@ -260,7 +281,8 @@ class _MCSession:
             h.remove()
         self._handles.clear()
         for m, flag in self._flags:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
     def __exit__(
         self,
@@ -277,8 +299,18 @@ def _apply_per_sample(
     return per_sample(module, output)
 
 
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
 def _spatial_mean(out: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) -> (N, C): mean over H, then over W, as the original does."""
+    """(N, C, *spatial) -> (N, C): mean over H, then over W, as the original does.
+
+    Reduced-precision activations (autocast fp16/bf16) are averaged in float32: the MC samples
+    differ from each other by far less than one bf16 step of their value, so rounding them to
+    the activation's precision would distort the entropy computed from their differences.
+    """
+    if out.dtype in _REDUCED:
+        out = out.float()
     while out.dim() > 2:
         out = out.mean(dim=2)
     return out
@@ -304,6 +336,7 @@ class _PassState:
     expand_by: int | None
     allow_expand: bool = True
     expanded_at: str | None = None
+    seeds: tuple[int, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +373,12 @@ class LatentMCSampler:
     Notes
     -----
     The model is changed while :meth:`sample` runs (hooks, train flags): do not run it from
-    another thread meanwhile. Stochastic modules are found as modules; a ``F.dropout`` call
+    another thread meanwhile. ``sample(x, seeds=...)`` gives every image its own random stream:
+    image ``b`` then gets the draws that ``sample(x[b:b+1])`` makes after
+    ``torch.manual_seed(seeds[b])``, whatever else is in the batch (equal to rounding: a batched
+    convolution may round differently), so that frames batched from several cameras are judged as
+    if each were alone. The fast DropBlock path draws per image from its own generator in one
+    batched pass; any other path runs image by image. Stochastic modules are found as modules; a ``F.dropout`` call
     inside some module's forward is invisible to both strategies' checks (the naive strategy
     still samples it, batch-wise). Decisions to fall back are cached per input shape.
     """
@@ -378,24 +416,27 @@ class LatentMCSampler:
         self._plans: dict[tuple[Any, ...], str] = {}
 
     # ----------------------------------------------------------------------------------------
-    def sample(self, x: torch.Tensor) -> torch.Tensor:
+    def sample(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
         """Latent MC samples of a batch of images.
 
         Parameters
         ----------
         x : Tensor, shape (B, 3, H, W)
             Normalised images, on the model's device.
+        seeds : sequence of B ints, optional
+            One seed per image (see the class notes); None draws from torch's global generators.
 
         Returns
         -------
         Tensor, shape (B, M, C)
             Row ``b`` holds image ``b``'s M samples of the hooked output averaged over its
-            spatial dimensions; on the activation's device, in its dtype.
+            spatial dimensions; on the activation's device, in its dtype (float32 when the
+            activation is fp16/bf16, e.g. under autocast: the averages are taken in float32).
 
         Raises
         ------
         InputValidationError
-            ``x`` is not a floating-point tensor of rank 4 with B >= 1.
+            ``x`` is not a floating-point tensor of rank 4 with B >= 1, or ``seeds`` is not B ints.
         ModelLoadError
             The hooked layer did not run, or its output is not a tensor with a channel axis.
         """
@@ -410,6 +451,12 @@ class LatentMCSampler:
             raise InputValidationError(
                 f"x must be a floating-point tensor (normalised images), got dtype {x.dtype}."
             )
+        if seeds is not None:
+            seeds = tuple(int(v) for v in seeds)
+            if len(seeds) != x.shape[0]:
+                raise InputValidationError(f"seeds must hold one int per image: {len(seeds)} for {x.shape[0]}.")
+            if self.strategy == "naive" or self._plans.get(self._key(x)) == "per_image":
+                return self._sample_per_image(x, seeds)
         with _MCSession(self.model) as session, torch.inference_mode():
             if not session.stochastic:
                 warnings.warn(
@@ -418,16 +465,41 @@ class LatentMCSampler:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            if self.strategy == "naive":
-                out, used, reason = self._sample_naive(x, session), "naive", None
-            else:
-                out, used, reason = self._sample_fast(x, session)
+            try:
+                if self.strategy == "naive":
+                    out, used, reason = self._sample_naive(x, session), "naive", None
+                else:
+                    out, used, reason = self._sample_fast(x, session, seeds)
+            except _PerImage:
+                out = None
+        if out is None:  # seeds, and a path that draws for the whole batch: image by image
+            self._plans[self._key(x)] = "per_image"
+            return self._sample_per_image(x, seeds)
         self.strategy_used_, self.fallback_reason_ = used, reason
         return out
 
+    def _key(self, x: torch.Tensor) -> tuple[Any, ...]:
+        return (tuple(x.shape), x.dtype, x.device, self.chunk_size)
+
+    def _sample_per_image(self, x: torch.Tensor, seeds: tuple[int, ...]) -> torch.Tensor:
+        """Each image alone, torch's generators seeded with its seed (restored afterwards)."""
+        devices = [x.device] if x.device.type == "cuda" else []
+        parts = []
+        for b, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=devices, device_type=x.device.type):
+                torch.manual_seed(seed)
+                parts.append(self.sample(x[b : b + 1]))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
     # ----------------------------------------------------------------------------------------
     def _pass(
-        self, x: torch.Tensor, session: _MCSession, *, expand_by: int | None, allow_expand: bool = True
+        self,
+        x: torch.Tensor,
+        session: _MCSession,
+        *,
+        expand_by: int | None,
+        allow_expand: bool = True,
+        seeds: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """One forward pass stopped at the hooked layer.
 
@@ -435,7 +507,7 @@ class LatentMCSampler:
         first stochastic module is repeated ``expand_by`` times per image (or the direct DropBlock
         sum is taken there); returns (b, expand_by, C).
         """
-        state = _PassState(n_in=x.shape[0], expand_by=expand_by, allow_expand=allow_expand)
+        state = _PassState(n_in=x.shape[0], expand_by=expand_by, allow_expand=allow_expand, seeds=seeds)
         handles = [self._module.register_forward_hook(partial(self._target_hook, state))]
         if expand_by is not None:
             for st in session.stochastic:
@@ -505,7 +577,9 @@ class LatentMCSampler:
                     f"first stochastic module {st.name!r} received {rows} rows for {state.n_in} images"
                 )
             if module is self._module and st.direct is not None and args[0].dim() == 4:
-                raise _Stop(self._direct(st, args[0], state.expand_by))
+                raise _Stop(self._direct(st, args[0], state.expand_by, state.seeds))
+            if state.seeds is not None:
+                raise _PerImage()
             if not state.allow_expand:
                 raise _Rechunk()
             state.expanded_at = st.name
@@ -518,21 +592,45 @@ class LatentMCSampler:
             )
         return None
 
-    def _direct(self, st: _Stochastic, x: torch.Tensor, m: int) -> torch.Tensor:
-        """M DropBlock draws on x (B, C, H, W) reduced to spatial means (B, M, C), no copies of x."""
+    def _direct(
+        self, st: _Stochastic, x: torch.Tensor, m: int, seeds: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        """M DropBlock draws on x (B, C, H, W) reduced to spatial means (B, M, C), no copies of x.
+
+        With ``seeds``, image b's draws come from a generator seeded with ``seeds[b]``, in the
+        chunks that a batch of that image alone would use: exactly its single-image draws.
+        """
         b_all, c = x.shape[:2]
         hw = x.shape[2] * x.shape[3]
+        reduced = x.dtype in _REDUCED
         # (B, HW, C): a view for channels_last activations, a strided view that bmm reads
         # without copying for contiguous ones.
         xt = x.flatten(2).transpose(1, 2)
         out = torch.empty(b_all, m, c, device=x.device, dtype=torch.float32)
-        for sl, m0, cnt in _chunks(b_all, m, self.chunk_size):
-            xs = xt[sl]
-            nb = xs.shape[0]
-            keep, factor = st.direct(st.module, x[sl], nb * cnt)
-            sums = torch.bmm(keep.reshape(nb, cnt, hw).to(x.dtype), xs)  # (nb, cnt, C)
-            out[sl, m0 : m0 + cnt] = sums.float() * factor.view(nb, cnt, 1)
-        return out.to(x.dtype)
+        # Reduced-precision activations: the masked sums in float32 (autocast would run the bmm
+        # in fp16/bf16 and round the samples; see _spatial_mean). Nothing changes for fp32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            for sl, m0, cnt, gen in self._direct_blocks(b_all, m, x.device, seeds):
+                xs = xt[sl].float() if reduced else xt[sl]
+                nb = xs.shape[0]
+                keep, factor = st.direct(st.module, x[sl], nb * cnt, gen)
+                sums = torch.bmm(keep.reshape(nb, cnt, hw).to(xs.dtype), xs)  # (nb, cnt, C)
+                out[sl, m0 : m0 + cnt] = sums.float() * factor.view(nb, cnt, 1)
+        return out if reduced else out.to(x.dtype)
+
+    def _direct_blocks(
+        self, b_all: int, m: int, device: torch.device, seeds: tuple[int, ...] | None
+    ) -> Iterator[tuple[slice, int, int, torch.Generator | None]]:
+        """(image slice, first draw, draws, generator) of the direct path, in drawing order."""
+        if seeds is None:
+            for sl, m0, cnt in _chunks(b_all, m, self.chunk_size):
+                yield sl, m0, cnt, None
+            return
+        for b, seed in enumerate(seeds):
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed)
+            for _, m0, cnt in _chunks(1, m, self.chunk_size):
+                yield slice(b, b + 1), m0, cnt, gen
 
     # ----------------------------------------------------------------------------------------
     def _sample_naive(self, x: torch.Tensor, session: _MCSession) -> torch.Tensor:
@@ -563,16 +661,20 @@ class LatentMCSampler:
         return out
 
     def _sample_fast(
-        self, x: torch.Tensor, session: _MCSession
+        self, x: torch.Tensor, session: _MCSession, seeds: tuple[int, ...] | None = None
     ) -> tuple[torch.Tensor, str, str | None]:
-        key = (tuple(x.shape), x.dtype, x.device, self.chunk_size)
+        key = self._key(x)
         plan = self._plans.get(key)
-        if plan is None or plan == "expand":
+        if plan in (None, "expand", "per_image"):
+            if seeds is not None and plan == "expand":
+                raise _PerImage()
             try:
-                return self._fast(x, session, key, plan), "fast", None
+                return self._fast(x, session, key, None if plan == "per_image" else plan, seeds), "fast", None
             except _NotExact as err:
                 plan = err.reason
                 self._plans[key] = plan
+        if seeds is not None:
+            raise _PerImage()
         warnings.warn(
             f"LatentMCSampler: fast sampling of layer {self.layer!r} would not be exact ({plan}); "
             "falling back to batched naive sampling.",
@@ -582,7 +684,12 @@ class LatentMCSampler:
         return self._sample_batched_naive(x, session), "naive", plan
 
     def _fast(
-        self, x: torch.Tensor, session: _MCSession, key: tuple[Any, ...], plan: str | None
+        self,
+        x: torch.Tensor,
+        session: _MCSession,
+        key: tuple[Any, ...],
+        plan: str | None,
+        seeds: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         b, m, cap = x.shape[0], self.mc_samples, self.chunk_size
         fits = cap is None or b * m <= cap
@@ -590,9 +697,11 @@ class LatentMCSampler:
             try:
                 # When B*M exceeds chunk_size, this pass only succeeds on the direct DropBlock path
                 # (which chunks its own draws); an expansion raises _Rechunk instead.
-                return self._pass(x, session, expand_by=m, allow_expand=fits)
+                return self._pass(x, session, expand_by=m, allow_expand=fits, seeds=seeds)
             except _Rechunk:
                 self._plans[key] = "expand"
+                if seeds is not None:
+                    raise _PerImage() from None
         out: torch.Tensor | None = None
         for sl, m0, cnt in _chunks(b, m, cap):
             lat = self._pass(x[sl], session, expand_by=cnt)

@@ -3,7 +3,9 @@
 A subclass stores its keyword-only constructor arguments unchanged, validates them in ``fit``,
 learns state in attributes ending with ``_`` (always ``threshold_`` and ``n_features_in_``), and
 implements ``fit``, ``_score`` and the ``_state_arrays`` / ``_load_state`` pair used by
-:meth:`OODDetector.get_state` and :meth:`OODDetector.from_state`.
+:meth:`OODDetector.get_state` and :meth:`OODDetector.from_state`. A subclass that can also score
+tensors on their device (the per-frame GPU path) implements ``_score_torch`` and says when in
+``supports_torch``; numpy/scikit-learn ``score_samples`` stays the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numbers
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
@@ -26,6 +29,7 @@ __all__ = [
     "check_labels",
     "check_target_ind_tpr",
     "ind_rows",
+    "kde_log_density_torch",
 ]
 
 DetectorT = TypeVar("DetectorT", bound="OODDetector")
@@ -83,6 +87,31 @@ def ind_rows(x: np.ndarray, y: ArrayLike | None, detector: str) -> np.ndarray:
     return x
 
 
+def kde_log_density_torch(x: torch.Tensor, data: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """Gaussian kernel density of ``data`` at the rows of ``x``, in log: ``KernelDensity.score_samples``.
+
+    ``logsumexp_i(-|x - d_i|^2 / (2 h^2)) - log(n) - (D/2) log(2 pi) - D log(h)``, the formula of
+    :class:`sklearn.neighbors.KernelDensity` (gaussian kernel, exact tree: atol = rtol = 0), on
+    ``x``'s device without host synchronisation.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n, D)
+    data : Tensor, shape (n_train, D), same device and dtype
+    bandwidth : float
+
+    Returns
+    -------
+    Tensor, shape (n,), nats.
+    """
+    n_train, dims = data.shape
+    # Direct differences (no |a|^2 + |b|^2 - 2ab expansion): the same rounding as the tree's distances.
+    dist = torch.cdist(x, data, compute_mode="donot_use_mm_for_euclid_dist")
+    log_kernel = -0.5 * (dist * dist) / (bandwidth * bandwidth)
+    log_norm = -0.5 * dims * math.log(2.0 * math.pi) - dims * math.log(bandwidth)
+    return torch.logsumexp(log_kernel, dim=1) - math.log(n_train) + log_norm
+
+
 class OODDetector(BaseEstimator):
     """Base of all detectors: ``score_samples`` (higher = more OoD), ``threshold_``, ``predict``.
 
@@ -112,6 +141,29 @@ class OODDetector(BaseEstimator):
         """Learned JSON-able values besides the threshold (none by default)."""
         return {}
 
+    def _score_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores of ``x`` (n, n_features_in_) on its device, same dtype -> (n,); see score_torch."""
+        raise NotImplementedError
+
+    @property
+    def supports_torch(self) -> bool:
+        """Whether :meth:`score_torch` works for this detector and its parameters."""
+        return False
+
+    def _device_arrays(self, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """Learned arrays (attribute names) as tensors on ``x``'s device and dtype, copied there once."""
+        cache: dict[tuple[Any, ...], torch.Tensor] = self.__dict__.setdefault("_torch_cache", {})
+        out = []
+        for name in names:
+            array = getattr(self, name)
+            key = (name, str(x.device), x.dtype)
+            hit = cache.get(key)
+            if hit is None or hit[0] is not array:
+                hit = (array, torch.as_tensor(np.asarray(array), dtype=x.dtype, device=x.device))
+                cache[key] = hit
+            out.append(hit[1])
+        return out
+
     # ------------------------------------------------------------ common API
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "threshold_")
@@ -140,6 +192,40 @@ class OODDetector(BaseEstimator):
         """
         self._check_is_fitted()
         return self._score(self._validate_x(X))
+
+    def score_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`score_samples` of a tensor, computed on its device (float64; float32 on MPS).
+
+        For the per-frame GPU path: no host synchronisation, so values are not checked (a
+        non-finite row gives a non-finite or meaningless score, for the caller to mask). Equal to
+        :meth:`score_samples` to rounding (the tests hold them to 1e-9).
+
+        Parameters
+        ----------
+        X : Tensor, shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        Tensor, shape (n_samples,), on ``X``'s device; higher = more OoD.
+
+        Raises
+        ------
+        NotImplementedError
+            :attr:`supports_torch` is False (e.g. a KDE with a kernel other than gaussian).
+        """
+        self._check_is_fitted()
+        if not self.supports_torch:
+            raise NotImplementedError(
+                f"{type(self).__name__} with these parameters has no device implementation; "
+                "use score_samples on the host."
+            )
+        if not isinstance(X, torch.Tensor) or X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise InputValidationError(
+                f"X must be a tensor of shape (n_samples, {self.n_features_in_}), got "
+                f"{type(X).__name__} {tuple(getattr(X, 'shape', ()))}."
+            )
+        dtype = torch.float32 if X.device.type == "mps" else torch.float64
+        return self._score_torch(X.detach().to(dtype))
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         """1 (OoD) where ``score_samples(X) > threshold_``, else 0; int64 of shape (n_samples,)."""

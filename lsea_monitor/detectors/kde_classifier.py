@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from scipy.special import logsumexp
 from sklearn.neighbors import KernelDensity
 
 from lsea_monitor.dataset import as_feature_matrix
-from lsea_monitor.detectors.base import OODDetector, check_bandwidth, check_kernel, check_labels
+from lsea_monitor.detectors.base import (
+    OODDetector,
+    check_bandwidth,
+    check_kernel,
+    check_labels,
+    kde_log_density_torch,
+)
 from lsea_monitor.errors import InputValidationError
 
 __all__ = ["KDEClassifier"]
@@ -127,6 +134,26 @@ class KDEClassifier(OODDetector):
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         return np.exp(self._log_proba(x)[:, 1])
+
+    @property
+    def supports_torch(self) -> bool:
+        return self.kernel == "gaussian"
+
+    def _score_torch(self, x: torch.Tensor) -> torch.Tensor:
+        # A gaussian density is never zero in log space: no row is outside both supports.
+        jll = torch.stack([
+            kde_log_density_torch(x, data, float(self.bandwidth)) + float(prior)
+            for data, prior in zip(self._device_arrays(x, "_x_class0", "_x_class1"), self.class_log_prior_)
+        ], dim=1)
+        return torch.exp(jll[:, 1] - torch.logsumexp(jll, dim=1))
+
+    @property
+    def _x_class0(self) -> np.ndarray:
+        return self.x_by_class_[0]
+
+    @property
+    def _x_class1(self) -> np.ndarray:
+        return self.x_by_class_[1]
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"x_class0": self.x_by_class_[0], "x_class1": self.x_by_class_[1]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 
 from lsea_monitor.dataset import as_feature_matrix
@@ -69,6 +70,16 @@ class MahalanobisDetector(OODDetector):
         centred = x - self.location_
         squared = np.einsum("ij,jk,ik->i", centred, self.precision_, centred)
         return np.sqrt(np.maximum(squared, 0.0))
+
+    @property
+    def supports_torch(self) -> bool:
+        return True
+
+    def _score_torch(self, x: torch.Tensor) -> torch.Tensor:
+        location, precision = self._device_arrays(x, "location_", "precision_")
+        centred = x - location
+        squared = ((centred @ precision) * centred).sum(dim=1)
+        return torch.sqrt(torch.clamp_min(squared, 0.0))
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"location": self.location_, "covariance": self.covariance_, "precision": self.precision_}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from sklearn.neighbors import KernelDensity
 
@@ -15,6 +16,7 @@ from lsea_monitor.detectors.base import (
     check_kernel,
     check_target_ind_tpr,
     ind_rows,
+    kde_log_density_torch,
 )
 from lsea_monitor.errors import InputValidationError
 from lsea_monitor.threshold import select_threshold
@@ -83,6 +85,14 @@ class OneClassKDE(OODDetector):
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         return -self.kde_.score_samples(x)
+
+    @property
+    def supports_torch(self) -> bool:
+        return self.kernel == "gaussian"
+
+    def _score_torch(self, x: torch.Tensor) -> torch.Tensor:
+        (data,) = self._device_arrays(x, "x_train_")
+        return -kde_log_density_torch(x, data, float(self.bandwidth))
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"x_train": self.x_train_}

@@ -1,0 +1,214 @@
+"""Several cameras in one monitor node: names and topics, the per-camera watchdog, the batching buffer.
+
+Pure Python (no rclpy, no torch), thread-safe where noted, unit-tested on its own.
+
+The node parameter ``image_topics`` lists the cameras. Empty (the default): one camera on the input
+topic ``image`` (remap it), verdicts on ``~/verdict`` and ``~/ood``: the single-camera interface.
+Otherwise each entry is ``name=topic`` or just ``topic``; a camera's verdicts go to
+``~/<name>/verdict`` and ``~/<name>/ood``, its status name is ``<node>/<name>: ood verdict``, and it
+has its own hysteresis and its own watchdog. Without ``name=`` the name comes from the topic: its
+segments joined with ``_`` after dropping trailing image-ish segments (``image``, ``image_raw``,
+``image_rect``, ``image_rect_color``, ``image_color``, ``compressed``), so ``/front/image_raw`` is
+``front`` and ``/cam/left/image_raw/compressed`` is ``cam_left``.
+
+The worker takes the newest frame of every camera that has one (:class:`CameraSlots`) and scores
+them in one batched forward pass; each frame keeps its own MC seed (its stamp), so batching does
+not change a frame's verdict.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Generic, Iterable, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
+
+IMAGE_SUFFIXES = ("image", "image_raw", "image_rect", "image_rect_color", "image_color", "compressed")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One input stream: ``name`` ('' for the single default camera) and its image ``topic``."""
+
+    name: str
+    topic: str
+
+    @property
+    def verdict_topic(self) -> str:
+        return f"~/{self.name}/verdict" if self.name else "~/verdict"
+
+    @property
+    def ood_topic(self) -> str:
+        return f"~/{self.name}/ood" if self.name else "~/ood"
+
+    def status_name(self, node_prefix: str) -> str:
+        """Name of the verdict's DiagnosticStatus: '<node>: ood verdict' or '<node>/<name>: ood verdict'."""
+        return f"{node_prefix}/{self.name}: ood verdict" if self.name else f"{node_prefix}: ood verdict"
+
+
+SINGLE_CAMERA = Camera("", "image")
+
+
+def camera_name(topic: str) -> str:
+    """Default camera name of a topic (see the module docstring)."""
+    parts = [p for p in topic.split("/") if p and p != "~"]
+    while len(parts) > 1 and parts[-1] in IMAGE_SUFFIXES:
+        parts.pop()
+    name = re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))
+    return name if name[:1].isalpha() else f"cam_{name}"
+
+
+def parse_image_topics(entries: Iterable[str] | None) -> tuple[Camera, ...]:
+    """The cameras of an ``image_topics`` value; raises ``ValueError`` with every problem found."""
+    entries = [e.strip() for e in (entries or ())]
+    if not entries:
+        return (SINGLE_CAMERA,)
+    cams, errors = [], []
+    for entry in entries:
+        name, sep, topic = entry.partition("=")
+        name, topic = (name.strip(), topic.strip()) if sep else ("", entry)
+        if not _TOPIC_RE.match(topic):
+            errors.append(f"{entry!r}: {topic!r} is not a valid topic name")
+            continue
+        name = name or camera_name(topic)
+        if not _NAME_RE.match(name):
+            errors.append(f"{entry!r}: camera name {name!r} must match [A-Za-z][A-Za-z0-9_]*")
+            continue
+        cams.append(Camera(name, topic))
+    for what, values in (("camera name", [c.name for c in cams]), ("topic", [c.topic for c in cams])):
+        dups = sorted({v for v in values if values.count(v) > 1})
+        if dups:
+            errors.append(f"duplicate {what}(s) {', '.join(dups)} (use name=topic to tell cameras apart)")
+    if errors:
+        raise ValueError("image_topics: " + "; ".join(errors))
+    return tuple(cams)
+
+
+def image_topics_problems(entries: Iterable[str] | None) -> list[str]:
+    """``parse_image_topics`` problems as a list of messages (empty when valid)."""
+    try:
+        parse_image_topics(entries)
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
+class Watchdog:
+    """Input watchdog of one camera (times in ns from ``time.monotonic_ns``).
+
+    ``check`` says what to do now: ``"stale"`` (publish a stale verdict; repeated at most every
+    ``timeout_s`` and at least every second while no input comes), ``"cleared"`` (input is back
+    after a stale period) or ``""`` (nothing).
+    """
+
+    def __init__(self, now_ns: int) -> None:
+        self.reset(now_ns)
+
+    def reset(self, now_ns: int) -> None:
+        self.last_input_ns = now_ns
+        self.stale = False
+        self._last_stale_ns = 0
+
+    def on_input(self, now_ns: int) -> None:
+        self.last_input_ns = now_ns
+
+    def idle_s(self, now_ns: int) -> float:
+        return (now_ns - self.last_input_ns) / 1e9
+
+    def check(self, now_ns: int, timeout_s: float) -> str:
+        idle_s = self.idle_s(now_ns)
+        if timeout_s <= 0 or idle_s <= timeout_s:
+            if self.stale:
+                self.stale = False
+                return "cleared"
+            return ""
+        if self.stale and (now_ns - self._last_stale_ns) / 1e9 < min(timeout_s, 1.0):
+            return ""
+        self.stale, self._last_stale_ns = True, now_ns
+        return "stale"
+
+
+@dataclass
+class CameraChannel:
+    """A camera at run time: its hysteresis, watchdog and (in the node) ROS entities."""
+
+    camera: Camera
+    hysteresis: Any
+    watchdog: Watchdog
+    sub: Any = None
+    verdict_pub: Any = None
+    ood_pub: Any = None
+
+
+class CameraSlots(Generic[T]):
+    """One newest-wins slot per camera; the worker takes the newest frame of every camera at once.
+
+    Thread-safe. Memory stays bounded by one item per camera whatever the input rates; the caller
+    counts overwrites (``put`` returns True) as drops.
+    """
+
+    def __init__(self, n_cameras: int) -> None:
+        if n_cameras < 1:
+            raise ValueError(f"n_cameras must be >= 1, got {n_cameras}.")
+        self._cond = threading.Condition()
+        self._items: list[Optional[T]] = [None] * n_cameras
+        self._full = [False] * n_cameras
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, index: int, item: T) -> bool:
+        """Store camera ``index``'s newest item; True when it replaced one nobody took (a drop)."""
+        with self._cond:
+            replaced = self._full[index]
+            self._items[index], self._full[index] = item, True
+            self._cond.notify_all()
+            return replaced
+
+    def take_all(self, timeout_s: Optional[float] = None, gather_s: float = 0.0) -> list[tuple[int, T]]:
+        """Take the items of every camera that has one, as ``[(index, item), ...]`` in camera order.
+
+        Waits up to ``timeout_s`` for a first item (returns [] if none comes), then up to
+        ``gather_s`` more while some camera has none yet, so that frames of cameras triggered
+        together share one forward pass (returns as soon as every camera has one).
+        """
+        with self._cond:
+            if not any(self._full):
+                self._cond.wait(timeout_s)
+                if not any(self._full):
+                    return []
+            if gather_s > 0 and not all(self._full):
+                deadline = time.monotonic() + gather_s
+                while not all(self._full):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            out = [(i, item) for i, (item, full) in enumerate(zip(self._items, self._full)) if full]
+            self._items = [None] * len(self._items)
+            self._full = [False] * len(self._full)
+            return out  # type: ignore[return-value]
+
+    def clear(self) -> int:
+        """Discard every item; return how many were discarded."""
+        with self._cond:
+            n = sum(self._full)
+            self._items = [None] * len(self._items)
+            self._full = [False] * len(self._full)
+            return n
+
+
+def health_values(channels: Sequence[CameraChannel]) -> dict[str, str]:
+    """Per-camera keys for the node's health status (multi-camera nodes only; empty for one camera)."""
+    if len(channels) == 1 and not channels[0].camera.name:
+        return {}
+    return {
+        "cameras": ",".join(c.camera.name for c in channels),
+        "stale_cameras": ",".join(c.camera.name for c in channels if c.watchdog.stale),
+        "flagged_cameras": ",".join(c.camera.name for c in channels if c.hysteresis is None or c.hysteresis.flag),
+    }
