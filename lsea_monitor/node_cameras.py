@@ -205,7 +205,7 @@ class CameraSlots(Generic[T]):
 
 def health_values(channels: Sequence[CameraChannel]) -> dict[str, str]:
     """Per-camera keys for the node's health status (multi-camera nodes only; empty for one camera)."""
-    if len(channels) == 1 and not channels[0].camera.name:
+    if not channels or (len(channels) == 1 and not channels[0].camera.name):
         return {}
     return {
         "cameras": ",".join(c.camera.name for c in channels),

@@ -113,7 +113,7 @@ def test_take_all_wakes_up_for_a_frame_from_another_thread() -> None:
 
 def test_health_values_only_for_named_cameras() -> None:
     single = CameraChannel(SINGLE_CAMERA, Hysteresis(), Watchdog(0))
-    assert health_values([single]) == {}
+    assert health_values([single]) == {} and health_values([]) == {}
     a = CameraChannel(Camera("a", "/a/image"), Hysteresis(raise_after=1, window=1, clear_after=1), Watchdog(0))
     b = CameraChannel(Camera("b", "/b/image"), None, Watchdog(0))
     a.hysteresis.update(False)
