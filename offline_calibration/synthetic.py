@@ -974,7 +974,10 @@ def generate_dataset(root: str | os.PathLike, n_train: int, n_val: int, n_test: 
                 hist += _job(job)
                 bar.update()
         else:
-            ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else None)
+            # "spawn", not the Linux default "fork": forking a parent that already runs threads (torch's
+            # OpenMP pool, tqdm's monitor, a ROS executor) can leave a child stuck on a lock copied in the
+            # held state, and the pool then waits forever.
+            ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
                 for h in pool.imap_unordered(_job, jobs, chunksize=8):
                     hist += h
