@@ -75,8 +75,10 @@ def load_model(
     except pickle.UnpicklingError as err:
         raise ModelLoadError(
             f"Checkpoint {path} holds pickled objects beyond tensors and plain types, which are not loaded by "
-            f"default because unpickling can run code ({err}). If the file comes from a trusted source, set "
-            "trust_checkpoint (node parameter / calibration config) to true.") from err
+            f"default because unpickling can run code ({err}). If the file comes from a trusted source, opt in "
+            "with 'model: {trust_checkpoint: true}' in the lsea-calibrate config (trust_checkpoint=True in "
+            "Python). The ROS node never unpickles: re-save the checkpoint with tensors and plain types only."
+        ) from err
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, OSError) as err:
         raise ModelLoadError(f"Could not load checkpoint {path} as {model_class}: {type(err).__name__}: {err}. "
                              "Check that the checkpoint was trained with this class and is complete.") from err

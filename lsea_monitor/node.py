@@ -15,6 +15,8 @@ also runs the warm-up (compiled code and CUDA graphs are per thread). Parameters
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
 import threading
 import time
@@ -22,6 +24,21 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
 
+
+def _stop_during_imports(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM while the imports below run (seconds: torch, rclpy): a requested stop, exit 0."""
+    print("[lsea_monitor] stop requested during start-up; exiting.", file=sys.stderr, flush=True)
+    os._exit(0)  # nothing to clean up yet; a half-finished import must not run its finalisers
+
+
+# Only when this module is the program (python -m lsea_monitor.node, or the lsea_monitor_node
+# console script), and only until main() hands SIGINT/SIGTERM to rclpy.
+_EARLY_SIGNALS = __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "lsea_monitor_node"
+if _EARLY_SIGNALS:
+    signal.signal(signal.SIGINT, _stop_during_imports)
+    signal.signal(signal.SIGTERM, _stop_during_imports)
+
+# ruff: noqa: E402 - the imports below come after the early signal handlers on purpose
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -302,6 +319,9 @@ def _describe(err: BaseException) -> str:
 
 def main(args: Optional[list[str]] = None) -> int:
     """Run the node until SIGINT/SIGTERM (exit 0); 1 when auto-start fails, 2 on bad parameters."""
+    if _EARLY_SIGNALS:  # the defaults again: rclpy.init installs its handlers over them
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     rclpy.init(args=args)
     node: Optional[MonitorNode] = None
     try:
@@ -322,6 +342,11 @@ def main(args: Optional[list[str]] = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():
+            raise
+        # SIGINT/SIGTERM shut the context down while the executor built its wait set: rclpy then
+        # raises RCLError ("the given context is not valid") instead of ExternalShutdownException.
     finally:
         if node is not None:
             node.stop_serving()

@@ -97,6 +97,17 @@ class CalibrationConfig:
             raise InputValidationError(f"dataset.root {d.root!r} is not a directory.")
         if not self.model.checkpoint or not Path(self.model.checkpoint).is_file():
             raise InputValidationError(f"model.checkpoint {self.model.checkpoint!r} is not a file.")
+        for key, value in (("output_dir", self.output_dir), ("cache_dir", self.cache_dir)):
+            existing = Path(value)
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent  # the folder will be created under its first existing ancestor
+            if value and not existing.is_dir():
+                raise InputValidationError(f"{key} {value!r} is not a directory ({str(existing)!r} is a file or "
+                                           "a device).")
+        name = self.artefact_name
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise InputValidationError(f"artefact_name must be a plain file name (written inside output_dir), "
+                                       f"got {name!r}.")
         if len(d.img_size) != 2 or min(d.img_size) < 16:
             raise InputValidationError(f"dataset.img_size must be [H, W] >= 16, got {d.img_size}.")
         if s.mc_samples < 3:
