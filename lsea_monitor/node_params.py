@@ -8,6 +8,9 @@ Each parameter says when a change takes effect:
 - ``live``: applied at once, in any state.
 
 Names with a dot are nested in YAML (``hysteresis: {raise_after: 3}``).
+
+The specs, :class:`MonitorParams` and the checks are plain Python (no ROS import at module level),
+so the offline replay reads the same defaults and names as the node: one source of truth.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Union
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-
 from lsea_monitor.errors import InputValidationError
 from lsea_monitor.node_cameras import image_topics_problems
-from lsea_monitor.ros_image import DEFAULT_MAX_PIXELS
 
 Value = Union[bool, int, float, str, list, tuple]
+#: Larger images are rejected before decoding (lsea_monitor.ros_image uses the same value).
+DEFAULT_MAX_PIXELS = 4096 * 4096
 #: torch.compile modes (lsea_monitor.accel.COMPILE_MODES; not imported here to keep torch out).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 STARTUP, CONFIGURE, ACTIVATE, LIVE = "startup", "configure", "activate", "live"
@@ -127,7 +129,10 @@ class MonitorParams:
         return MonitorParams(**kwargs)
 
 
-def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+def descriptor(spec: ParamSpec) -> Any:
+    """The ``rcl_interfaces/ParameterDescriptor`` of ``spec`` (description, range, choices, read-only)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
     constraints = f"applies at {spec.applies}"
     if spec.choices:
         constraints = f"one of {', '.join(spec.choices)}; {constraints}"

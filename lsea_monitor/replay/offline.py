@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lsea_monitor.errors import ImageDecodeError, InputValidationError
+from lsea_monitor.node_params import SPECS, MonitorParams
 from lsea_monitor.replay import decode
 from lsea_monitor.replay.bag_io import BagReader
 from lsea_monitor.replay.errors import CorruptBagError, ParamsFileError
@@ -35,46 +36,33 @@ from lsea_monitor.replay.records import Frame, Verdict
 # --- the node's parameters --------------------------------------------------------------------------
 
 DEFAULT_NODE_NAME = "lsea_monitor"
+_NODE = MonitorParams()  # the node's defaults
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The node parameters that decide a frame's verdict (names as in ``lsea_monitor.node_params``)."""
+    """The node parameters that decide a frame's verdict; names and defaults come from
+    :data:`lsea_monitor.node_params.SPECS` (the node's own declarations)."""
 
-    checkpoint: str = ""
-    artefact: str = ""
-    model_class: str = ""
-    layer: str = ""
-    device: str = "auto"
-    precision: str = "fp32"
-    mc_samples: int = 0
-    raise_after: int = 3
-    window: int = 5
-    clear_after: int = 5
-    input_type: str = "raw"
-    max_image_pixels: int = 4096 * 4096
+    checkpoint: str = _NODE.checkpoint
+    artefact: str = _NODE.artefact
+    model_class: str = _NODE.model_class
+    layer: str = _NODE.layer
+    device: str = _NODE.device
+    precision: str = _NODE.precision
+    mc_samples: int = _NODE.mc_samples
+    raise_after: int = _NODE.raise_after
+    window: int = _NODE.window
+    clear_after: int = _NODE.clear_after
+    input_type: str = _NODE.input_type
+    max_image_pixels: int = _NODE.max_image_pixels
 
     def hysteresis(self) -> dict[str, int]:
         return {"raise_after": self.raise_after, "window": self.window, "clear_after": self.clear_after}
 
 
-#: ROS parameter name -> MonitorConfig field
-ROS_NAMES: dict[str, str] = {
-    "checkpoint": "checkpoint", "artefact": "artefact", "model_class": "model_class", "layer": "layer",
-    "device": "device", "precision": "precision", "mc_samples": "mc_samples",
-    "hysteresis.raise_after": "raise_after", "hysteresis.window": "window", "hysteresis.clear_after": "clear_after",
-    "input_type": "input_type", "max_image_pixels": "max_image_pixels",
-}
-
-
-def _node_defaults() -> MonitorConfig:
-    """The node's own defaults when its parameter module imports (needs ROS messages); else the same values."""
-    try:
-        from lsea_monitor.node_params import MonitorParams
-    except Exception:  # noqa: BLE001 - no ROS here: offline mode works without it
-        return MonitorConfig()
-    p = MonitorParams()
-    return MonitorConfig(**{f.name: getattr(p, f.name) for f in fields(MonitorConfig) if hasattr(p, f.name)})
+#: ROS parameter name -> MonitorConfig field (the node's own mapping, restricted to these fields)
+ROS_NAMES: dict[str, str] = {s.name: s.field for s in SPECS if s.field in {f.name for f in fields(MonitorConfig)}}
 
 
 def _fqn_matches(pattern: str, fqn: str) -> bool:
@@ -141,7 +129,7 @@ def load_params_files(paths: Sequence[str | os.PathLike[str]], *, node_name: str
 def monitor_config(params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
                    *, base: Path | None = None) -> MonitorConfig:
     """A :class:`MonitorConfig` from ROS-named ``params`` then field-named ``overrides`` (None values skipped)."""
-    cfg = _node_defaults()
+    cfg = MonitorConfig()
     values: dict[str, Any] = {}
     for ros_name, fld in ROS_NAMES.items():
         if ros_name in params:

@@ -8,8 +8,9 @@ import sys
 CORE_MODULES = ["lsea_monitor", "lsea_monitor.errors", "lsea_monitor.preprocessing", "lsea_monitor.hooks",
                 "lsea_monitor.sampling", "lsea_monitor.entropy", "lsea_monitor.dataset", "lsea_monitor.detectors",
                 "lsea_monitor.threshold", "lsea_monitor.metrics", "lsea_monitor.plots", "lsea_monitor.artefact",
-                "lsea_monitor.checkpoint", "lsea_monitor.pipeline", "lsea_monitor.compat"]
-FORBIDDEN = ["rclpy", "lightning", "pytorch_lightning", "rosbags", "cv_bridge", "segmentation_models_pytorch"]
+                "lsea_monitor.checkpoint", "lsea_monitor.pipeline", "lsea_monitor.compat",
+                "lsea_monitor.node_params"]  # the node's parameter specs are plain data (replay reads them)
+FORBIDDEN = ["rclpy", "rcl_interfaces", "lightning", "pytorch_lightning", "rosbags", "cv_bridge", "segmentation_models_pytorch"]
 
 
 def test_core_imports_no_ros_lightning_or_rosbags() -> None:

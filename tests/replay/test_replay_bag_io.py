@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CAMERA, GT, PERIOD_NS, START_NS, frames_rgb  # tests/replay/conftest.py
+from lsea_replay_testutil import CAMERA, GT, PERIOD_NS, START_NS, frames_rgb
 from lsea_monitor.replay import decode
 from lsea_monitor.replay.bag_io import BagReader, OutputMessage, write_bag
 from lsea_monitor.replay.errors import (

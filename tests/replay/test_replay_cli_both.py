@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CAMERA, GT, FakeScorer  # tests/replay/conftest.py
+from lsea_replay_testutil import CAMERA, GT, FakeScorer
 from lsea_monitor.replay import cli, live
 from lsea_monitor.replay.bag_io import BagReader
 from lsea_monitor.replay.errors import LiveModeError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GT, PERIOD_NS, START_NS  # tests/replay/conftest.py
+from lsea_replay_testutil import GT, PERIOD_NS, START_NS
 from lsea_monitor.replay import ground_truth as gtm
 from lsea_monitor.replay.bag_io import BagReader
 from lsea_monitor.replay.errors import GroundTruthError, UnsupportedMessageTypeError

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CAMERA, GT, FakeScorer, frames_rgb  # tests/replay/conftest.py
+from lsea_replay_testutil import CAMERA, GT, FakeScorer, frames_rgb
 from lsea_monitor.pipeline import Hysteresis
 from lsea_monitor.replay import cli
 from lsea_monitor.replay.bag_io import BagReader
@@ -309,3 +309,17 @@ def test_real_monitor_compressed_sqlite3_with_gt_topic(replay_monitor, demo_bags
     assert report["bag"]["msgtype"] == "sensor_msgs/msg/CompressedImage" and report["bag"]["storage"] == "sqlite3"
     assert report["modes"]["offline"]["n_valid"] == 16
     assert [iv["start_s"] for iv in report["ground_truth"]["intervals"]] == pytest.approx([0.4, 0.8, 1.2])
+
+
+def test_monitor_config_defaults_and_names_are_the_nodes() -> None:
+    """One source of truth: the replay's config takes the node's parameter names and defaults."""
+    from dataclasses import fields
+
+    from lsea_monitor.node_params import BY_NAME, MonitorParams
+    from lsea_monitor.replay.offline import ROS_NAMES
+
+    node = MonitorParams()
+    for ros_name, fld in ROS_NAMES.items():
+        assert BY_NAME[ros_name].field == fld
+        assert getattr(MonitorConfig(), fld) == getattr(node, fld) == BY_NAME[ros_name].default
+    assert set(ROS_NAMES.values()) == {f.name for f in fields(MonitorConfig)}
