@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from lsea_monitor.artefact import DetectorArtefact, ModelBinding, sha256_file
 from lsea_monitor.checkpoint import load_model
@@ -80,17 +81,36 @@ def compose_mixed(features: dict[str, dict[str, np.ndarray]], kinds: list[str], 
     return {k: np.stack([features[f"{split}/{kinds[j]}"][k][i] for i, j in enumerate(pick)]) for k in keys}
 
 
+def fit_ood_rows(features: dict[str, dict[str, np.ndarray]], kinds: list[str], seed: int, split: str,
+                 mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The OoD rows a supervised detector is fitted on, and each row's source-image index.
+
+    ``every_kind``: every image of the split under every kind (len(kinds) x N rows, all the
+    altered images there are); ``mixed``: the original's set, each image under one kind.
+    """
+    if mode == "mixed":
+        mixed = compose_mixed(features, kinds, seed, split)
+        return mixed["h_z"], mixed["index"]
+    return (np.vstack([features[f"{split}/{k}"]["h_z"] for k in kinds]),
+            np.concatenate([features[f"{split}/{k}"]["index"] for k in kinds]))
+
+
 def out_of_fold_scores(detector: Any, pca: LatentPCA | None, x: np.ndarray, y: np.ndarray | None, folds: int,
-                       seed: int) -> np.ndarray:
+                       seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Scores of each training row by a detector (and PCA) fitted without it.
 
     An in-sample KDE score is optimistic (each point sits on its own kernel), which would set the
     InD threshold too tight; held-out scores give the threshold the deployed detector will see.
+    ``groups`` (one per row, e.g. the source image) keeps rows of one group in one fold: an InD
+    image held out while its own altered copies are fitted would score as it never does in use.
     """
     labels = np.zeros(len(x), int) if y is None else y
     scores = np.empty(len(x))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train_idx, held_idx in splitter.split(x, labels):
+    if groups is not None:
+        splits = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, labels, groups)
+    else:
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, labels)
+    for train_idx, held_idx in splits:
         fold_pca = copy.deepcopy(pca).fit(x[train_idx]) if pca is not None else None
         xt = fold_pca.transform(x[train_idx]) if fold_pca is not None else x[train_idx]
         xh = fold_pca.transform(x[held_idx]) if fold_pca is not None else x[held_idx]
@@ -100,18 +120,51 @@ def out_of_fold_scores(detector: Any, pca: LatentPCA | None, x: np.ndarray, y: n
     return scores
 
 
+def select_kde_bandwidth(cfg: CalibrationConfig, x: np.ndarray, y: np.ndarray,
+                         groups: np.ndarray | None) -> tuple[float, dict[str, float]]:
+    """The KDEClassifier bandwidth of ``detection.kde_bandwidth_grid`` with the best out-of-fold AUROC.
+
+    Validation features only (the test split never takes part); folds keep each source image's rows
+    together. An empty grid returns ``detection.kde_bandwidth`` as given. Ties go to the smaller one.
+    """
+    det_cfg = cfg.detection
+    if not det_cfg.kde_bandwidth_grid:
+        return float(det_cfg.kde_bandwidth), {}
+    n_comp = det_cfg.pca_components or None
+    folds = det_cfg.threshold_folds if det_cfg.threshold_folds >= 2 else 5
+    table = {}
+    for bw in sorted(float(b) for b in det_cfg.kde_bandwidth_grid):
+        scores = out_of_fold_scores(KDEClassifier(bandwidth=bw), LatentPCA(n_components=n_comp) if n_comp else None,
+                                    x, y, folds, cfg.dataset.anomaly_seed, groups)
+        table[f"{bw:g}"] = round(float(roc_auc_score(y, scores)), 6)
+    best = max(table, key=lambda k: (table[k], -float(k)))
+    return float(best), table
+
+
 def fit_detectors(cfg: CalibrationConfig, val_ind: np.ndarray, val_ood: np.ndarray, binding: ModelBinding,
-                  preprocessing: Preprocessing) -> dict[str, DetectorArtefact]:
-    """Fit the three detectors on validation features; thresholds at the target InD TPR."""
+                  preprocessing: Preprocessing, *, groups: np.ndarray | None = None,
+                  selection: dict[str, Any] | None = None) -> dict[str, DetectorArtefact]:
+    """Fit the three detectors on validation features; thresholds at the target InD TPR.
+
+    ``groups``: the source image of each row of ``vstack(val_ind, val_ood)``, for the folds (see
+    :func:`out_of_fold_scores`). ``selection``, when given, receives the KDEClassifier bandwidth
+    chosen on validation and its cross-validated AUROC per candidate.
+    """
     det_cfg = cfg.detection
     n_comp = det_cfg.pca_components or None
     seed = cfg.dataset.anomaly_seed
     x_val = np.vstack([val_ind, val_ood])
     y_val = np.r_[np.zeros(len(val_ind), int), np.ones(len(val_ood), int)]
+    if groups is not None and len(groups) != len(x_val):
+        raise ValueError(f"groups holds {len(groups)} entries for {len(x_val)} validation rows.")
+    bandwidth, table = select_kde_bandwidth(cfg, x_val, y_val, groups)
+    if selection is not None:
+        selection.update({"kde_bandwidth": bandwidth, "kde_bandwidth_cv_auroc": table,
+                          "n_val_ind": len(val_ind), "n_val_ood_rows": len(val_ood)})
     specs = {
         # The guide's supervised detector: PCA fitted on InD + OoD validation features
         # (as build_detection_dataset does with its train part).
-        "kde_classifier": (KDEClassifier(bandwidth=det_cfg.kde_bandwidth),
+        "kde_classifier": (KDEClassifier(bandwidth=bandwidth),
                            LatentPCA(n_components=n_comp) if n_comp else None, x_val, y_val),
         # One-class detectors never see OoD: their PCA is fitted on InD only.
         "one_class_kde": (OneClassKDE(bandwidth=det_cfg.one_class_bandwidth, target_ind_tpr=det_cfg.target_ind_tpr),
@@ -121,12 +174,13 @@ def fit_detectors(cfg: CalibrationConfig, val_ind: np.ndarray, val_ood: np.ndarr
     }
     artefacts = {}
     for name, (detector, pca, x, y) in specs.items():
+        fold_groups = groups if y is not None else None
         if pca is not None:
             pca = pca.fit(x)
         features = pca.transform(x) if pca is not None else x
         detector.fit(features, y) if y is not None else detector.fit(features)
         if det_cfg.threshold_folds >= 2:
-            scores = out_of_fold_scores(detector, pca, x, y, det_cfg.threshold_folds, seed)
+            scores = out_of_fold_scores(detector, pca, x, y, det_cfg.threshold_folds, seed, fold_groups)
         else:
             scores = detector.score_samples(features)
         ind_scores = scores[: len(val_ind)]
@@ -193,7 +247,12 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
     if baseline_scores:
         baseline_scores["test/all"] = compose_mixed(baseline_scores, kinds, d.anomaly_seed, "test")
 
-    artefacts = fit_detectors(cfg, features["val/ind"]["h_z"], features["val/all"]["h_z"], binding, preprocessing)
+    # The supervised detector learns from every altered validation image there is (fit_ood), not
+    # only the one-kind-per-image mix that "all" evaluates on.
+    fit_ood, fit_groups = fit_ood_rows(features, kinds, d.anomaly_seed, "val", cfg.detection.fit_ood)
+    selection: dict[str, Any] = {"fit_ood": cfg.detection.fit_ood}
+    artefacts = fit_detectors(cfg, features["val/ind"]["h_z"], fit_ood, binding, preprocessing,
+                              groups=np.r_[features["val/ind"]["index"], fit_groups], selection=selection)
     ood_sets = ["all", *kinds] + (["soiling"] if "test/soiling" in features else [])
     test_ind = features["test/ind"]
     results: dict[str, Any] = {"detectors": {}, "baselines": {}}
@@ -231,6 +290,7 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
                   "checkpoint_sha256": checkpoint_sha,
                   "sampler": module.extractor.sampler.strategy_used_ if module.extractor else s.strategy},
         "data": {k: int(len(v["h_z"])) for k, v in features.items()},
+        "fit": selection,
         "metric_conventions": {
             "score": "higher = more OoD; OoD is the positive class for auroc, aupr_out, f1, mcc",
             "fpr_at_95_tpr_ood_positive": "pytorch-ood / OpenOOD v1.5: InD flagged when 95 % of OoD is caught",
@@ -254,8 +314,9 @@ def cross_type_generalisation(cfg: CalibrationConfig, features: dict[str, dict[s
     test_ind = features["test/ind"]["h_z"]
     for held in kinds:
         seen = [k for k in kinds if k != held]
-        val_ood = compose_mixed(features, seen, cfg.dataset.anomaly_seed, "val")["h_z"]
-        arts = fit_detectors(cfg, features["val/ind"]["h_z"], val_ood, binding, preprocessing)
+        val_ood, groups = fit_ood_rows(features, seen, cfg.dataset.anomaly_seed, "val", cfg.detection.fit_ood)
+        arts = fit_detectors(cfg, features["val/ind"]["h_z"], val_ood, binding, preprocessing,
+                             groups=np.r_[features["val/ind"]["index"], groups])
         out[f"held_out_{held}"] = {"fitted_on": seen, **{
             name: evaluate(a.score_features(test_ind), a.score_features(features[f"test/{held}"]["h_z"]), a.threshold)
             for name, a in arts.items()}}

@@ -56,7 +56,13 @@ class SamplingConfig:
 @dataclass
 class DetectionConfig:
     pca_components: int = 16
-    kde_bandwidth: float = 0.8
+    kde_bandwidth: float = 0.8  #: the guide's; used as given when kde_bandwidth_grid is empty
+    #: KDEClassifier bandwidths to choose from by image-grouped cross-validated AUROC on validation
+    #: features only (never test); [] = use kde_bandwidth as given.
+    kde_bandwidth_grid: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.2, 1.6, 2.0])
+    #: Validation OoD rows the KDEClassifier is fitted on: ``every_kind`` = each validation image
+    #: under every anomaly kind (len(kinds) x N rows); ``mixed`` = the original's set, one kind per image.
+    fit_ood: str = "every_kind"
     one_class_bandwidth: float = 1.0
     target_ind_tpr: float = 0.95
     threshold_folds: int = 5  #: out-of-fold scores for the operating threshold (0 = in-sample)
@@ -116,6 +122,11 @@ class CalibrationConfig:
             raise InputValidationError(f"sampling.strategy must be fast or naive, got {s.strategy!r}.")
         if not 0 < det.target_ind_tpr < 1:
             raise InputValidationError(f"detection.target_ind_tpr must be in (0, 1), got {det.target_ind_tpr}.")
+        if det.fit_ood not in ("every_kind", "mixed"):
+            raise InputValidationError(f"detection.fit_ood must be every_kind or mixed, got {det.fit_ood!r}.")
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in det.kde_bandwidth_grid):
+            raise InputValidationError(f"detection.kde_bandwidth_grid must hold positive numbers, "
+                                       f"got {det.kde_bandwidth_grid!r}.")
         if det.deploy not in ("kde_classifier", "one_class_kde", "mahalanobis"):
             raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use kde_classifier, "
                                        "one_class_kde or mahalanobis.")

@@ -70,6 +70,10 @@ def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[
              f"checkpoint sha256 `{report['model']['checkpoint_sha256'][:16]}`",
              f"- MC samples M = {cfg.sampling.mc_samples}, sampler `{report['model']['sampler']}`, "
              f"PCA {cfg.detection.pca_components} components",
+             *([f"- KDEClassifier fitted on {report['fit']['n_val_ind']} val InD + {report['fit']['n_val_ood_rows']} "
+                f"val OoD rows ({report['fit']['fit_ood']}), bandwidth {report['fit']['kde_bandwidth']:g}"
+                + (f" (chosen by image-grouped CV AUROC on val: {report['fit']['kde_bandwidth_cv_auroc']})"
+                   if report['fit'].get('kde_bandwidth_cv_auroc') else "")] if report.get("fit") else []),
              f"- images: " + ", ".join(f"{k} {v}" for k, v in report["data"].items()),
              f"- deployed: **{report['deployed']['detector']}**, threshold {report['deployed']['threshold']:.6g}, "
              f"artefact `{Path(report['deployed']['artefact']).name}`",
