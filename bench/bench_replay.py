@@ -18,10 +18,8 @@ training.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +135,7 @@ def bench_replay(ctx: Any) -> dict[str, Any]:
 
     from lsea_monitor.pipeline import FrameScorer
     from lsea_monitor.replay.bag_io import BagReader
-    from lsea_monitor.replay.offline import frame_seed, iter_frames, monitor_config, run_offline
+    from lsea_monitor.replay.offline import iter_frames, monitor_config, run_offline
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="lsea_bench_replay_") as tmp_s:
@@ -150,7 +148,8 @@ def bench_replay(ctx: Any) -> dict[str, Any]:
         bags = _bags(tmp, ctx.quick, pre.height, pre.width)
         cfg = monitor_config({}, {"checkpoint": mon["checkpoint"], "artefact": mon["artefact"], "device": "cpu"})
         with BagReader(bags["short"]) as b:
-            frames = [(d.rgb, frame_seed(d.frame.header_stamp_ns)) for d in iter_frames(b, "/camera/image_raw")]
+            frames = [(d.rgb, scorer.frame_seed(d.frame.header_stamp_ns))
+                      for d in iter_frames(b, "/camera/image_raw")]
         n = len(frames)
         core_scores: list[float] = []
         offline_scores: list[float] = []

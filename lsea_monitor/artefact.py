@@ -71,6 +71,11 @@ class ModelBinding:
     checkpoint_sha256: str  #: SHA-256 of the checkpoint file the latent samples came from
     mc_samples: int  #: M, Monte-Carlo samples per image used at calibration
     entropy_k: int | None = None  #: k of the k-NN entropy; None = min(5, M - 1)
+    #: Common Monte-Carlo seed: calibration drew every image's M samples with this seed, and the
+    #: node and the replay draw every frame's with it too (common random numbers: two images differ
+    #: in their entropies because they differ, not because their dropout masks did). None = each
+    #: image / frame has its own seed (calibration: per image; run time: the frame's stamp).
+    mc_seed: int | None = None
 
 
 @dataclass(frozen=True)

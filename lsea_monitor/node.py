@@ -55,7 +55,7 @@ from lsea_monitor import node_msgs, node_params
 from lsea_monitor.errors import LseaError
 from lsea_monitor.node_cameras import CameraChannel, CameraSlots, Watchdog, health_values, parse_image_topics
 from lsea_monitor.node_stats import NodeStats
-from lsea_monitor.pipeline import FrameScore, FrameScorer, Hysteresis, frame_seed
+from lsea_monitor.pipeline import FrameScore, FrameScorer, Hysteresis
 from lsea_monitor.ros_image import msg_to_rgb
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -223,8 +223,10 @@ class MonitorNode(LifecycleNode):
                 continue
             t0 = time.monotonic()
             frames = [f for _, f in taken]
-            # Seeded by each frame's stamp: a replay of the same frame gets the same MC draws, batched or not.
-            seeds = [frame_seed(f.header.stamp.sec * 1_000_000_000 + f.header.stamp.nanosec) for f in frames]
+            # The artefact's common seed (else the frame's stamp): a replay of the same frame gets the same
+            # MC draws, batched or not.
+            seeds = [self._scorer.frame_seed(f.header.stamp.sec * 1_000_000_000 + f.header.stamp.nanosec)
+                     for f in frames]
             try:
                 results = (self._scorer.score_images([frames[0].rgb], seed=seeds[0]) if len(frames) == 1 else
                            self._scorer.score_images([f.rgb for f in frames], seeds=seeds))

@@ -197,6 +197,7 @@ class FrameScorer:
         self.preprocessing = artefact.preprocessing
         self.threshold = float(artefact.threshold)
         self.mc_samples = artefact.binding.mc_samples
+        self.mc_seed = artefact.binding.mc_seed
         self.device = device
         self.model_id = model_id
         self.artefact_id = artefact_id
@@ -231,6 +232,12 @@ class FrameScorer:
         return cls(model, art, device=dev, precision=precision, strategy=strategy,
                    model_id=checkpoint_sha[:12], artefact_id=sha256_file(artefact)[:12], scoring=scoring,
                    channels_last=channels_last, compile_mode=compile_mode)
+
+    def frame_seed(self, stamp_ns: int) -> int:
+        """Seed of a frame's Monte-Carlo draws: the artefact's common seed (the draws calibration used
+        for every image) when it has one, else one from the frame's header stamp (:func:`frame_seed`).
+        The node and the replay both call this, so they give a frame the same draws."""
+        return int(self.mc_seed) if self.mc_seed is not None else frame_seed(stamp_ns)
 
     def warmup(self, iterations: int = 2, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run the whole per-frame path on blank frames, ``iterations`` times per batch size.
@@ -350,7 +357,8 @@ class FrameScorer:
 
 
 def frame_seed(stamp_ns: int) -> int:
-    """Seed of a frame's Monte-Carlo draws, from its header stamp (node and replay agree on it)."""
+    """Seed of a frame's Monte-Carlo draws from its header stamp, for artefacts without a common
+    seed (see :meth:`FrameScorer.frame_seed`); the node and the replay agree on it."""
     return int(stamp_ns) % (2**63 - 1)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -209,11 +208,13 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
     preprocessing = Preprocessing(height=d.img_size[0], width=d.img_size[1], mean=tuple(d.mean), std=tuple(d.std))
     checkpoint_sha = sha256_file(cfg.model.checkpoint)
     model = load_model(cfg.model.checkpoint, cfg.model.model_class, trust_checkpoint=cfg.model.trust_checkpoint)
+    mc_seed = int(s.seed) if s.mc_seeding == "common" else None
     binding = ModelBinding(model_class=cfg.model.model_class, layer=cfg.model.layer, checkpoint_sha256=checkpoint_sha,
-                           mc_samples=s.mc_samples, entropy_k=s.entropy_k or None)
+                           mc_samples=s.mc_samples, entropy_k=s.entropy_k or None, mc_seed=mc_seed)
     module = LatentExtractionModule(model, layer=cfg.model.layer, mc_samples=s.mc_samples, strategy=s.strategy,
-                                    entropy_k=s.entropy_k or None, precision=s.precision, seed=s.seed)
-    cache_key = {"seed": s.seed, "checkpoint_sha256": checkpoint_sha, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
+                                    entropy_k=s.entropy_k or None, precision=s.precision, seed=s.seed,
+                                    common_seed=mc_seed)
+    cache_key = {"seed": s.seed, "mc_seeding": s.mc_seeding, "checkpoint_sha256": checkpoint_sha, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
                  "entropy_k": s.entropy_k, "precision": s.precision, "preprocessing": preprocessing.to_dict(),
                  "dataset_root": d.root, "anomaly_seed": d.anomaly_seed, "max_images": d.max_images}
     run_kw = dict(batch_size=s.batch_size, num_workers=s.num_workers, accelerator=s.accelerator, devices=s.devices,

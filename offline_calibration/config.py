@@ -50,7 +50,12 @@ class SamplingConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     ddp_strategy: str = "auto"  #: Lightning strategy, e.g. ddp for multi-GPU / multi-node
-    seed: int = 0  #: base seed of the per-image Monte-Carlo draws (results do not depend on batching)
+    seed: int = 0  #: seed of the Monte-Carlo draws (results do not depend on batching)
+    #: ``common``: every image drawn with ``seed`` itself, recorded in the artefact, which the node
+    #: and the replay then use for every frame (common random numbers: less MC noise between
+    #: images); ``per_image``: each image its own seed derived from ``seed`` (the node then seeds
+    #: each frame from its stamp).
+    mc_seeding: str = "common"
 
 
 @dataclass
@@ -120,6 +125,8 @@ class CalibrationConfig:
             raise InputValidationError(f"sampling.mc_samples must be >= 3 for the k-NN entropy, got {s.mc_samples}.")
         if s.strategy not in ("fast", "naive"):
             raise InputValidationError(f"sampling.strategy must be fast or naive, got {s.strategy!r}.")
+        if s.mc_seeding not in ("common", "per_image"):
+            raise InputValidationError(f"sampling.mc_seeding must be common or per_image, got {s.mc_seeding!r}.")
         if not 0 < det.target_ind_tpr < 1:
             raise InputValidationError(f"detection.target_ind_tpr must be in (0, 1), got {det.target_ind_tpr}.")
         if det.fit_ood not in ("every_kind", "mixed"):

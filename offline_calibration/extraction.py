@@ -104,14 +104,16 @@ def image_seed(seed: int, namespace: str, index: int) -> int:
 
 
 def _seeded_per_image(batch: dict[str, Any], seed: int, namespace: str,
-                      fn: Callable[[torch.Tensor], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Run ``fn`` on each image of the batch under that image's own seed; stack the rows."""
+                      fn: Callable[[torch.Tensor], dict[str, np.ndarray]],
+                      common_seed: int | None = None) -> dict[str, np.ndarray]:
+    """Run ``fn`` on each image of the batch under that image's own seed (``common_seed``, when
+    given, for every image: as the node seeds every frame with the artefact's ``mc_seed``); stack the rows."""
     images, indices = batch["image"], batch["index"].cpu().tolist()
     device_type = images.device.type
     rows = []
     for i, index in enumerate(indices):
         with torch.random.fork_rng(devices=[images.device] if device_type == "cuda" else [], device_type=device_type):
-            torch.manual_seed(image_seed(seed, namespace, int(index)))
+            torch.manual_seed(common_seed if common_seed is not None else image_seed(seed, namespace, int(index)))
             rows.append(fn(images[i:i + 1]))
     out = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     out["index"] = np.asarray(indices, dtype=np.int64)
@@ -130,10 +132,12 @@ class LatentExtractionModule(pl.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, *, layer: str, mc_samples: int, strategy: str = "fast",
-                 entropy_k: int | None = None, precision: str = "fp32", seed: int = 0) -> None:
+                 entropy_k: int | None = None, precision: str = "fp32", seed: int = 0,
+                 common_seed: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.seed = seed
+        self.common_seed = common_seed  #: the artefact's mc_seed: every image drawn with it
         self.namespace = ""  #: set per image set, so each set draws its own reproducible samples
         self.layer, self.mc_samples, self.strategy = layer, mc_samples, strategy
         self.entropy_k, self.precision = entropy_k, precision
@@ -152,7 +156,7 @@ class LatentExtractionModule(pl.LightningModule):
             h_z, finite = self.extractor.features(image)
             return {"h_z": h_z, "finite": finite}
 
-        out = _seeded_per_image(batch, self.seed, self.namespace, features)
+        out = _seeded_per_image(batch, self.seed, self.namespace, features, self.common_seed)
         if not out["finite"].all():
             bad = out["index"][~out["finite"]].tolist()
             raise FloatingPointError(f"Non-finite latent samples for image indices {bad}: the model produced NaN/inf. "

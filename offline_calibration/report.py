@@ -74,7 +74,7 @@ def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[
                 f"val OoD rows ({report['fit']['fit_ood']}), bandwidth {report['fit']['kde_bandwidth']:g}"
                 + (f" (chosen by image-grouped CV AUROC on val: {report['fit']['kde_bandwidth_cv_auroc']})"
                    if report['fit'].get('kde_bandwidth_cv_auroc') else "")] if report.get("fit") else []),
-             f"- images: " + ", ".join(f"{k} {v}" for k, v in report["data"].items()),
+             "- images: " + ", ".join(f"{k} {v}" for k, v in report["data"].items()),
              f"- deployed: **{report['deployed']['detector']}**, threshold {report['deployed']['threshold']:.6g}, "
              f"artefact `{Path(report['deployed']['artefact']).name}`",
              f"- conventions: {report['metric_conventions']['score']}; thresholds "

@@ -172,6 +172,13 @@ def frame_seed(header_stamp_ns: int) -> int:
     return int(core_frame_seed(header_stamp_ns))
 
 
+def seed_for(scorer: Any, header_stamp_ns: int) -> int:
+    """The seed the node gives this frame: the scorer's :meth:`~lsea_monitor.pipeline.FrameScorer.frame_seed`
+    (the artefact's common seed, else the stamp's); a scorer without one is seeded by the stamp."""
+    method = getattr(scorer, "frame_seed", None)
+    return int(method(header_stamp_ns)) if callable(method) else frame_seed(header_stamp_ns)
+
+
 def _accepts_seed(scorer: Any) -> bool:
     try:
         return "seed" in inspect.signature(scorer.score_images).parameters
@@ -361,7 +368,7 @@ def run_offline(bag: BagReader, topic: str, scorer: Any, cfg: MonitorConfig, *, 
         scores: dict[int, Any] = {}
         if good:
             images = [d.rgb for d, _ in good]
-            seeds = [frame_seed(d.frame.header_stamp_ns) for d, _ in good]
+            seeds = [seed_for(scorer, d.frame.header_stamp_ns) for d, _ in good]
             out = score_seeded(scorer, images, seeds[0]) if seeded else scorer.score_images(images)
             scores = {d.frame.index: s for (d, _), s in zip(good, out)}
         t_done = time.perf_counter()

@@ -137,3 +137,15 @@ def test_other_checkpoint_or_layer_is_a_mismatch(tmp_path: Path) -> None:
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     _artefact().save(tmp_path / "a.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_common_mc_seed_round_trips_and_defaults_to_none(tmp_path: Path) -> None:
+    """``binding.mc_seed`` (calibration's common MC seed) survives save/load; an artefact without one
+    loads with None (each frame then seeded from its stamp)."""
+    from dataclasses import replace
+
+    art = _artefact()
+    assert art.binding.mc_seed is None
+    assert DetectorArtefact.load(art.save(tmp_path / "none.safetensors")).binding.mc_seed is None
+    seeded = replace(art, binding=replace(art.binding, mc_seed=1234))
+    assert DetectorArtefact.load(seeded.save(tmp_path / "seeded.safetensors")).binding.mc_seed == 1234

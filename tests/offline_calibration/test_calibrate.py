@@ -115,3 +115,57 @@ def test_shipped_configs_parse(monitor_files, name: str) -> None:
     cfg = load_config(path, overrides)
     assert cfg.dataset.kind == name.split(".")[0]
     assert cfg.model.layer == "deeplab_v3plus_model.drop_block1"
+
+
+def test_common_mc_seed_calibration_features_equal_the_run_time_path(monitor_files) -> None:
+    """The default calibration draws every image with one seed and records it in the artefact; the
+    node's path (FrameScorer, seeded through frame_seed) then reproduces calibration's features of
+    an image exactly, whatever the frame's stamp."""
+    from lsea_monitor.pipeline import FrameScorer
+    from offline_calibration.cityscapes import CityscapesDataset
+
+    cfg = load_config(monitor_files.report.parent.parent / "calibration.yaml")
+    assert cfg.sampling.mc_seeding == "common"
+    scorer = FrameScorer.from_files(checkpoint=str(monitor_files.checkpoint), model_class=monitor_files.model_class,
+                                    layer=monitor_files.layer, artefact=str(monitor_files.artefact), device="cpu")
+    assert scorer.mc_seed == cfg.sampling.seed == scorer.artefact.binding.mc_seed
+    assert scorer.frame_seed(1_700_000_000_000_000_000) == scorer.frame_seed(5) == cfg.sampling.seed
+    cache = monitor_files.report.parent / "cache" / "latent" / "test-ind"
+    entries, bad = FeatureCache(cache, json.loads((cache / "key.json").read_text())).load()
+    assert not bad and entries
+    dataset = CityscapesDataset(monitor_files.data_root, "test", scorer.preprocessing, return_labels=False)
+    for index in sorted(entries)[:3]:
+        rgb = dataset.rgb(index)
+        expected = scorer.artefact.score_features(entries[index]["h_z"][None])[0]
+        got = scorer.score_images([rgb], seed=scorer.frame_seed(123 + index))[0].score
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_per_image_mc_seeding_leaves_the_seed_out_of_the_artefact(monitor_files, tmp_path: Path) -> None:
+    """``sampling.mc_seeding: per_image``: each image its own draws, no common seed in the artefact,
+    so the node seeds each frame from its stamp; the features differ from the common-seed run's."""
+    from lsea_monitor.pipeline import frame_seed
+
+    data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    data["dataset"].update(root=str(monitor_files.data_root), max_images=8)
+    data["detection"]["pca_components"] = 4  # a few images only: keep the fold fits well posed
+    data["model"]["checkpoint"] = str(monitor_files.checkpoint)
+    data["sampling"]["mc_seeding"] = "per_image"
+    data["baselines"] = {"enabled": False}
+    data["detection"]["cross_type"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    report = run_calibration(load_config(tmp_path / "c.yaml"), progress=False, log=lambda *_: None)
+    art = DetectorArtefact.load(report["deployed"]["artefact"])
+    assert art.binding.mc_seed is None
+    per_image = FeatureCache(tmp_path / "cache" / "latent" / "val-ind",
+                             json.loads((tmp_path / "cache" / "latent" / "val-ind" / "key.json").read_text())).load()[0]
+    common_dir = monitor_files.report.parent / "cache" / "latent" / "val-ind"
+    common = FeatureCache(common_dir, json.loads((common_dir / "key.json").read_text())).load()[0]
+    assert not np.array_equal(per_image[0]["h_z"], common[0]["h_z"])  # other draws for the same image
+    assert frame_seed(42) == 42
+
+    data["sampling"]["mc_seeding"] = "sometimes"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(InputValidationError, match="sampling.mc_seeding must be common or per_image"):
+        load_config(tmp_path / "bad.yaml")

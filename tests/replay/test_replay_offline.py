@@ -292,7 +292,8 @@ def test_real_monitor_offline_is_deterministic_and_equals_the_core(replay_monito
                                     layer=replay_monitor.layer, artefact=str(replay_monitor.artefact), device="cpu")
     with BagReader(bag) as b:
         frames = list(iter_frames(b, "/camera/image_raw"))
-    direct = [scorer.score_images([d.rgb], seed=frame_seed(d.frame.header_stamp_ns))[0].score for d in frames[:4]]
+    direct = [scorer.score_images([d.rgb], seed=scorer.frame_seed(d.frame.header_stamp_ns))[0].score
+              for d in frames[:4]]
     replayed = [float(r.split(",")[7]) for r in csv_a[1:5]]
     assert replayed == direct
     assert a["monitor"]["threshold"] == pytest.approx(scorer.threshold)

@@ -29,7 +29,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 
 import lsea_monitor.node as node_module  # noqa: E402
-from lsea_monitor.pipeline import FrameScore  # noqa: E402
+from lsea_monitor.pipeline import FrameScore, frame_seed  # noqa: E402
 from lsea_ros_testutil import (  # noqa: E402
     NODE_STARTUP_TIMEOUT_S,
     NodeProcess,
@@ -54,6 +54,7 @@ class BatchScorer:
     """Stands in for FrameScorer: first pixel 200 scores 2.0 (OoD), anything else 0.0; records batches."""
 
     device, threshold, mc_samples, model_id, artefact_id = "cpu", 1.0, 4, "m" * 12, "a" * 12
+    frame_seed = staticmethod(frame_seed)  # an artefact without a common seed: seeds from the stamps
 
     def __init__(self) -> None:
         self.batches: list[tuple[int, Any]] = []  # (size, seeds)

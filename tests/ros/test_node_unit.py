@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 
 import lsea_monitor.node as node_module  # noqa: E402
-from lsea_monitor.pipeline import FrameScore  # noqa: E402
+from lsea_monitor.pipeline import FrameScore, frame_seed  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -31,6 +31,7 @@ class ScriptedScorer:
     """Stands in for FrameScorer: frame_id 'boom' raises, 'ood' scores 2.0, anything else 0.0."""
 
     device, threshold, mc_samples, model_id, artefact_id = "cpu", 1.0, 4, "m" * 12, "a" * 12
+    frame_seed = staticmethod(frame_seed)  # an artefact without a common seed: seeds from the stamps
 
     def __init__(self) -> None:
         self.next_kind = "ind"
