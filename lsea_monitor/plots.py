@@ -134,7 +134,16 @@ def plot_pacmap(
     reducer = pacmap.PaCMAP(
         n_components=2, n_neighbors=n_neighbors, MN_ratio=0.5, FP_ratio=2.0, random_state=random_state
     )
-    embedding = reducer.fit_transform(np.vstack([ind, ood]), init="pca")
+    import torch
+
+    # PaCMAP's numba code leaves the process's OpenMP pool at one thread, which torch shares: the
+    # scores computed afterwards in this process (the demo's replay) would then round differently
+    # from a fresh process's, and the entropy of near-identical MC samples amplifies that.
+    threads = torch.get_num_threads()
+    try:
+        embedding = reducer.fit_transform(np.vstack([ind, ood]), init="pca")
+    finally:
+        torch.set_num_threads(threads)
     fig = _new_figure(6.4, 6.0)
     ax = fig.add_subplot()
     ax.scatter(*embedding[: len(ind)].T, s=8, alpha=0.7, color=_IND_COLOUR, label=f"InD ({len(ind)})")

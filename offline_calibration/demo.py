@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ class DemoConfig:
     # (the original's, for 16 x 32 maps) would blank most of the map in every draw.
     block_size: int = 6
     mc_samples: int = 10
+    pca_components: int = 16  #: the guide's; fewer for toy sizes (PCA needs more rows than components)
     # pytorch-ood baselines cost 1 + M full forward passes per image: a subset keeps the demo short.
     baseline_images: int = 20
     baseline_mc_samples: int = 5
@@ -50,8 +52,8 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(n_train=24, n_val=12, n_test=12, height=128, width=256, epochs=1, train_height=64,
-                   train_width=128, batch_size=4, block_size=3, mc_samples=6, baseline_images=4,
-                   baseline_mc_samples=2)
+                   train_width=128, batch_size=4, block_size=3, mc_samples=6, pca_components=4,
+                   baseline_images=4, baseline_mc_samples=2)
 
 
 def _stamp_ok(stamp: Path, config: dict[str, Any]) -> bool:
@@ -108,6 +110,7 @@ def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
         "model": {"checkpoint": str(Path(checkpoint).relative_to(work.resolve())) if Path(checkpoint).is_absolute()
                   else checkpoint, "model_class": MODEL_CLASS, "layer": HOOKED_LAYER},
         "sampling": {"mc_samples": cfg.mc_samples, "batch_size": 4},
+        "detection": {"pca_components": cfg.pca_components},
         "baselines": {"max_images": cfg.baseline_images, "mc_samples": cfg.baseline_mc_samples},
     }
     cfg_path = work / "calibration.yaml"
@@ -137,11 +140,14 @@ def replay(work: Path, *, checkpoint: str, artefact: str) -> int:
     else:
         info = {"image_topic": "/camera/image_raw", "gt_topic": "/ground_truth/ood"}
     repo = Path(__file__).resolve().parents[1]
+    out_bag = work / "replay" / "report" / "demo_drive_with_verdicts.mcap"
+    if out_bag.exists():  # this step's own output from a previous run (lsea-replay-eval never overwrites)
+        shutil.rmtree(out_bag) if out_bag.is_dir() else out_bag.unlink()
     print("[demo] lsea-replay-eval --mode both (offline in-process, then live through the node at 1x)")
     code = cli.main([str(bag), "--image-topic", info["image_topic"], "--gt-topic", info["gt_topic"],
                      "--mode", "both", "--out", str(work / "replay" / "report"), "--checkpoint", checkpoint,
                      "--artefact", artefact, "--params-file", str(repo / "config" / "lsea_monitor.params.yaml"),
-                     "--output-bag", str(work / "replay" / "report" / "demo_drive_with_verdicts.mcap")])
+                     "--output-bag", str(out_bag)])
     print(f"[demo] replay report: {work / 'replay' / 'report' / 'report.md'} (exit code {code})")
     return code
 
@@ -168,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_ros:
         from offline_calibration import demo_ros
 
-        demo_ros.run(work, cfg, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
-        replay(work, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
+        ros = demo_ros.run(work, cfg, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
+        replay_code = replay(work, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
+        if ros.get("node_exit_code") != 0 or replay_code != 0:
+            print(f"[demo] FAILED after {time.perf_counter() - t0:.0f} s: node exit code {ros.get('node_exit_code')}, "
+                  f"lsea-replay-eval exit code {replay_code} (see the logs above)", file=sys.stderr)
+            return 1
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -49,8 +49,9 @@ def demo_frames(data_root: Path, height: int, width: int, n_per_phase: int) -> l
 
 
 def run(work: Path, cfg: Any, *, checkpoint: str, artefact: str, n_per_phase: int = 6) -> dict[str, Any]:
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    domain_id = 10 + os.getpid() % 90
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # no discovery traffic off this machine
+    # The run's own domain (make demo sets one per run), else one of this process's own.
+    domain_id = int(os.environ.get("ROS_DOMAIN_ID") or 10 + os.getpid() % 90)
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray

@@ -126,10 +126,12 @@ def _agreement(off: ModeResult, live: ModeResult, tol: float) -> dict[str, Any]:
     common = fo.keys() & fl.keys()
     out["flag_agreement"] = sum(fo[k] == fl[k] for k in common) / len(common) if common else math.nan
     if not out["ok"] and out["n_common"]:
-        out["note"] = ("The node's MC-dropout draws differ from offline mode's per-frame seeded draws. Agreement "
-                       "to 1e-5 needs the node to seed each frame's draws from its header stamp, as offline mode "
-                       "does (lsea_monitor.replay.offline.frame_seed). Flags may also differ at the start: the "
-                       "node's watchdog raises its flag before the first frame arrives.")
+        out["note"] = ("The node's scores differ from offline mode's. Agreement to 1e-5 needs the same MC draws "
+                       "(both seed a frame through FrameScorer.frame_seed: the artefact's common seed, else the "
+                       "frame's header stamp; --unseeded turns that off) and the same torch thread count in both "
+                       "processes (OMP_NUM_THREADS): another count rounds the latent samples differently, and the "
+                       "entropy of near-identical MC samples amplifies that. Flags may also differ at the start: "
+                       "the node's watchdog raises its flag before the first frame arrives.")
     elif not out["n_common"]:
         out["note"] = "No frame was judged validly by both modes: nothing to compare."
     return out

@@ -169,3 +169,30 @@ def test_per_image_mc_seeding_leaves_the_seed_out_of_the_artefact(monitor_files,
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(InputValidationError, match="sampling.mc_seeding must be common or per_image"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_calibration_leaves_torch_threads_as_they_were(monitor_files, tmp_path: Path) -> None:
+    """PaCMAP (numba) left the shared OpenMP pool at one thread: the demo's replay, run in the same
+    process after calibration, then disagreed with the node (other rounding, amplified by the
+    entropy of near-identical MC samples). A fresh process, calibration from the session's cache."""
+    import subprocess
+    import sys
+
+    data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "out"), cache_dir=str(monitor_files.report.parent / "cache"))
+    data["dataset"]["root"] = str(monitor_files.data_root)
+    data["model"]["checkpoint"] = str(monitor_files.checkpoint)
+    data["report"] = {"pacmap": True, "pacmap_neighbors": 10}
+    data["baselines"]["enabled"] = False
+    data["detection"]["cross_type"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    code = ("import torch\n"
+            "from offline_calibration.calibrate import run_calibration\n"
+            "from offline_calibration.config import load_config\n"
+            "torch.set_num_threads(2)\n"
+            f"run_calibration(load_config({str(tmp_path / 'c.yaml')!r}), progress=False, log=lambda *a: None)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "out" / "plots" / "pacmap_val.png").is_file()
+    assert out.stdout.split()[-1] == "2"
