@@ -19,9 +19,9 @@ import numpy as np
 from cv_bridge import CvBridge
 
 from lsea_monitor.errors import ImageDecodeError
-from lsea_monitor.node_params import DEFAULT_MAX_PIXELS  # noqa: F401 - re-exported (replay.decode)
-
-#: Default cap on width * height (a 4096 x 4096 image); the node's ``max_image_pixels``.
+# Default cap on width * height (a 4096 x 4096 image): the node's ``max_image_pixels`` default,
+# defined with the node's parameters and re-exported here (replay.decode uses it).
+from lsea_monitor.node_params import DEFAULT_MAX_PIXELS  # noqa: F401
 
 #: encoding -> (channels, bytes per channel)
 RAW_ENCODINGS: dict[str, tuple[int, int]] = {"rgb8": (3, 1), "bgr8": (3, 1), "mono8": (1, 1), "mono16": (1, 2)}
