@@ -324,6 +324,10 @@ def main(args: Optional[list[str]] = None) -> int:
     if _EARLY_SIGNALS:  # the defaults again: rclpy.init installs its handlers over them
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The inference worker gives the GIL back at every torch op and must win it again each time;
+    # with the executor's threads busy at camera rate, the default 5 ms switch interval turned a
+    # 100 ms forward pass into up to 1.8 s (the soak test's p99). 0.5 ms keeps it near its own cost.
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=args)
     node: Optional[MonitorNode] = None
     try:

@@ -1,19 +1,17 @@
-"""Helpers of the reliability tests: child processes that die with pytest, /proc figures of a
-process, waiting on the probe, and the figures file ``work_dirs/reliability/summary.json``.
+"""Helpers of the reliability tests: /proc figures of a process, waiting on the probe, the camera
+process, and the figures file ``work_dirs/reliability/summary.json``.
 
-Children are started with ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: if the pytest process dies (even by
-SIGKILL), the kernel sends SIGTERM to every child, so no node or camera is orphaned. The signal is
-tied to the *thread* that forked: start children from the test's main thread (as fixtures do).
+Child processes are tests/ros's :class:`lsea_ros_testutil.NodeProcess` (here ``ChildProcess``),
+started with ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: if the pytest process dies (even by SIGKILL), the
+kernel sends SIGTERM to every child, so no node or camera is orphaned.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,82 +25,13 @@ REPO = HERE.parents[1]
 ROS_TESTS = REPO / "tests" / "ros"
 SUMMARY = REPO / "work_dirs" / "reliability" / "summary.json"
 CAMERA = HERE / "lsea_rel_camera.py"
-PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT_S = 240.0  # torch import + model load + warm-up on a busy 2-core machine
 
-# --- children that cannot outlive pytest ---------------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_prctl.restype = ctypes.c_int
-
-
-def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies (Linux).
-
-    Everything is resolved before the fork; in the child only ``prctl``, ``getppid`` and ``kill``
-    run. If the parent already died between fork and prctl, the child signals itself.
-    """
-    parent = os.getpid()
-    sig = int(sig)
-
-    def preexec() -> None:
-        _prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-
-    return preexec
-
-
-class ChildProcess:
-    """A child with its output in a log file, started with the death signal; ``stop`` always reaps it."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO,
-                 pdeathsig: bool = True) -> None:
-        self.cmd, self.log_path = cmd, Path(log_path)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True,
-                                     preexec_fn=pdeathsig_preexec() if pdeathsig else None)
-        self.pid = self.proc.pid
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self.proc.poll()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout_s: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"process did not exit within {timeout_s} s; log:\n{self.log()[-4000:]}") from None
-
-    def send(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
-        """Send ``sig`` (if still running), wait, escalate to SIGKILL of its group; return the exit code."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=30)
-            return self.proc.returncode
-        finally:
-            if not self._log.closed:
-                self._log.close()
+# --- children that cannot outlive pytest: tests/ros's process helper ---------------------------
+if str(ROS_TESTS) not in sys.path:  # also when imported by a bare child script (test_rel_cleanup)
+    sys.path.insert(0, str(ROS_TESTS))
+from lsea_ros_testutil import NodeProcess as ChildProcess  # noqa: E402,F401 - re-exported
+from lsea_ros_testutil import pdeathsig_preexec  # noqa: E402,F401 - re-exported
 
 
 def child_env(ros_env: dict[str, str]) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Soak: a camera process at 30 Hz into a node process for a while, the node watched through /proc.
 
 After a warm-up: resident memory grows < 50 MB, threads and open file descriptors do not grow,
-the latency p99 of the last third of the frames is within 20 % of the first third's, every
+the latency p99 of the last third of the frames is within 20 % of the first third's (p95 when a
+third holds fewer than 1000 frames, as in the 60 s CI run), every
 processed frame has its verdict and its flag (drops are counted, never silent), and SIGINT then
 gives exit code 0.
 
@@ -47,6 +48,10 @@ CI_SOAK_S = 60.0
 LONG_SOAK_S = float(os.environ.get("LSEA_SOAK_S", "0") or 0)
 RSS_GROWTH_LIMIT_MB = 50.0
 P99_DRIFT_LIMIT = 0.20
+# The tail percentile the drift check compares: p99 needs many frames per third to be more than one
+# scheduler hiccup (a 60 s run has ~200 per third: its p99 is the 2nd-largest value), so shorter runs
+# compare p95 with the same 20 % limit; both are recorded.
+MIN_FRAMES_PER_THIRD_FOR_P99 = 1000
 EXTERNAL_LOAD_LIMIT_CORES = 0.25
 
 
@@ -111,6 +116,8 @@ def _soak(duration_s: float, spawn: Callable[..., ChildProcess], make_probe: Cal
     third = len(lat) // 3
     assert third >= 20, f"too few verdicts after the warm-up: {len(lat)}"
     p99_first, p99_last = percentile(lat[:third], 99), percentile(lat[-third:], 99)
+    tail_q = 99 if third >= MIN_FRAMES_PER_THIRD_FOR_P99 else 95
+    tail_first, tail_last = percentile(lat[:third], tail_q), percentile(lat[-third:], tail_q)
     figures = {
         "duration_s": round(t_last - t_first, 1), "rate_hz": RATE_HZ, "warmup_s": warmup_s,
         "sent": len(sent), "received": received, "processed": processed, "dropped": dropped,
@@ -130,10 +137,15 @@ def _soak(duration_s: float, spawn: Callable[..., ChildProcess], make_probe: Cal
     }
     figures.update({"latency_p50_first_third_ms": round(percentile(lat[:third], 50), 1),
                     "latency_p50_last_third_ms": round(percentile(lat[-third:], 50), 1), "cpu": cpu})
-    (out_dir / "latency_series.json").write_text(json.dumps({"latency_ms": lat, "t_wall_s": [r.t_wall_s for r in after]}))
+    infer = [float(kv(r.msg)["inference_ms"]) for r in after]
+    figures.update({"inference_p50_ms": round(percentile(infer, 50), 1), "inference_p99_ms": round(percentile(infer, 99), 1)})
+    (out_dir / "latency_series.json").write_text(json.dumps({"latency_ms": lat, "inference_ms": infer,
+                                                             "t_wall_s": [r.t_wall_s for r in after]}))
     # Tail latency on a 2-core machine measures the machine as much as the node: the p99 criterion
     # is enforced when nothing else competed for the CPUs (or with LSEA_SOAK_STRICT=1).
     strict = os.environ.get("LSEA_SOAK_STRICT") == "1" or cpu["external_cores"] <= EXTERNAL_LOAD_LIMIT_CORES
+    figures["latency_drift_check"] = {"percentile": tail_q, "first_third_ms": round(tail_first, 1),
+                                      "last_third_ms": round(tail_last, 1), "ratio": round(tail_last / tail_first, 3)}
     figures["latency_p99_check"] = "enforced" if strict else (
         f"not enforced: other processes used {cpu['external_cores']} of {cpu['cpus']} cores")
     record(section, figures)
@@ -143,7 +155,7 @@ def _soak(duration_s: float, spawn: Callable[..., ChildProcess], make_probe: Cal
     # stable: the last third's p99 within 20 % of the first third's (a leak, a growing queue or a
     # slowing model would push it up)
     if strict:
-        assert abs(p99_last / p99_first - 1.0) <= P99_DRIFT_LIMIT, f"latency p99 not stable: {figures}"
+        assert abs(tail_last / tail_first - 1.0) <= P99_DRIFT_LIMIT, f"latency p{tail_q} not stable: {figures}"
     else:
         warnings.warn(f"soak latency p99 first/last third {p99_first:.1f}/{p99_last:.1f} ms not checked: "
                       f"{figures['latency_p99_check']}")

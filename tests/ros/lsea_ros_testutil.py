@@ -1,11 +1,13 @@
 """Helpers of the multi-process ROS tests: the node as a child process, an in-test probe node,
 image messages, and the frames the tests stream (chosen so that their verdicts are predictable).
 
-Every process started here is stopped by the caller's fixture (``NodeProcess.stop`` in ``finally``).
+Every process started here gets the death signal (it dies with pytest) and is stopped by the
+caller's fixture (``NodeProcess.stop`` in ``finally``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,18 +55,54 @@ def node_command(files: Any, *, params_file: Path = PARAMS_YAML, executable: Opt
     return cmd
 
 
-class NodeProcess:
-    """A child process with its output in a log file; ``stop`` always leaves it reaped."""
+PR_SET_PDEATHSIG = 1
 
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO) -> None:
-        self.cmd, self.log_path = cmd, log_path
-        self._log = open(log_path, "wb")
+
+def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies (Linux), so a
+    killed pytest leaves no node or camera behind.
+
+    Everything is resolved before the fork; in the child only ``prctl``, ``getppid`` and ``kill``
+    run. If the parent already died between fork and prctl, the child signals itself. The signal is
+    tied to the *thread* that forked: start children from the test's main thread (as fixtures do).
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    sig = int(sig)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+class NodeProcess:
+    """A child process with its output in a log file, started with the death signal when started
+    from the main thread (it dies with pytest); ``stop`` always leaves it reaped."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO,
+                 pdeathsig: Optional[bool] = None) -> None:
+        self.cmd, self.log_path = cmd, Path(log_path)
+        if pdeathsig is None:  # the signal follows the forking thread: a worker thread's exit would kill it
+            pdeathsig = threading.current_thread() is threading.main_thread()
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=pdeathsig_preexec() if pdeathsig else None)
+        self.pid = self.proc.pid
 
     @property
     def returncode(self) -> Optional[int]:
         return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def log(self) -> str:
         if not self._log.closed:
@@ -77,19 +115,25 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"process did not exit within {timeout_s} s; log:\n{self.log()[-4000:]}") from None
 
+    def send(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> int:
-        """Send ``sig`` (if still running), wait, escalate to SIGKILL; return the exit code."""
+        """Send ``sig`` (if still running), wait, escalate to SIGKILL of its group; return the exit code."""
         try:
             if self.proc.poll() is None:
                 self.proc.send_signal(sig)
                 try:
                     self.proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(timeout=30)
             return self.proc.returncode
         finally:
-            self._log.close()
+            if not self._log.closed:
+                self._log.close()
 
 
 @dataclass
