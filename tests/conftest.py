@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -34,9 +38,43 @@ def ros_env(ros_domain_id: int) -> dict[str, str]:
     return env
 
 
+
+@pytest.fixture
+def process_env(ros_env: dict[str, str]) -> dict[str, str]:
+    """The environment ``start_process`` gives its children (a folder's conftest may override it)."""
+    return ros_env
+
+
+@pytest.fixture
+def start_process(process_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start child processes (tests/ros/lsea_ros_testutil.NodeProcess: output in a log file under
+    ``tmp_path``, PR_SET_PDEATHSIG); each is stopped at teardown (SIGINT, then SIGKILL of its group)."""
+    ros_tests = str(Path(__file__).resolve().parent / "ros")
+    if ros_tests not in sys.path:
+        sys.path.insert(0, ros_tests)
+    from lsea_ros_testutil import NodeProcess
+
+    started: list[NodeProcess] = []
+
+    def start(cmd: list[str], name: str = "node", env: dict[str, str] | None = None) -> NodeProcess:
+        proc = NodeProcess(cmd, env or process_env, tmp_path / f"{name}-{len(started)}.log")
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        errors = []
+        for proc in reversed(started):
+            try:
+                proc.stop(signal.SIGINT)
+            except Exception as exc:  # noqa: BLE001 - stop the others first, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
 # --- a real, small monitor: trained checkpoint + calibrated artefact --------------------------
 from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 @dataclass(frozen=True)

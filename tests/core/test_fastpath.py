@@ -30,20 +30,6 @@ def _scorer(mf: Any, **kw: Any) -> FrameScorer:
                                   artefact=str(mf.artefact), device="cpu", **kw)
 
 
-@pytest.fixture(scope="module")
-def frames(monitor_files: Any) -> list[np.ndarray]:
-    """InD test images and anomalies of them (what the monitor must tell apart)."""
-    from lsea_monitor.preprocessing import Preprocessing
-    from offline_calibration.cityscapes import CityscapesDataset
-
-    pp = Preprocessing(monitor_files.height, monitor_files.width)
-    out = []
-    for anomaly in (None, "fog", "mud"):
-        ds = CityscapesDataset(monitor_files.data_root, "test", pp, anomaly=anomaly, return_labels=False)
-        out += [ds.rgb(i) for i in range(2)]
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Detectors and PCA on tensors
 # --------------------------------------------------------------------------------------------

@@ -24,19 +24,6 @@ def _scorer(mf: Any, **kw: Any) -> FrameScorer:
                                   artefact=str(mf.artefact), device="cuda", **kw)
 
 
-@pytest.fixture(scope="module")
-def frames(monitor_files: Any) -> list[np.ndarray]:
-    from lsea_monitor.preprocessing import Preprocessing
-    from offline_calibration.cityscapes import CityscapesDataset
-
-    pp = Preprocessing(monitor_files.height, monitor_files.width)
-    out = []
-    for anomaly in (None, "fog", "mud"):
-        ds = CityscapesDataset(monitor_files.data_root, "test", pp, anomaly=anomaly, return_labels=False)
-        out += [ds.rgb(i) for i in range(2)]
-    return out
-
-
 def test_auto_scoring_is_on_the_device(monitor_files: Any) -> None:
     s = _scorer(monitor_files)
     assert s.scoring == "device" and s._staging is not None

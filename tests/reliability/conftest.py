@@ -11,7 +11,6 @@ The long variants are off by default: ``LSEA_SOAK_S=600`` runs the 10-minute soa
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ for _p in (_HERE, _HERE.parent / "ros"):  # this folder's helpers, and lsea_ros_
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from lsea_rel_util import ChildProcess, child_env  # noqa: E402
+from lsea_rel_util import child_env  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,23 +51,9 @@ def rel_env(ros_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def spawn(rel_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ChildProcess]]:
-    """Start child processes (with the death signal); each is stopped (SIGINT, then SIGKILL) at teardown."""
-    started: list[ChildProcess] = []
-
-    def start(cmd: list[str], name: str = "node", env: dict[str, str] | None = None) -> ChildProcess:
-        proc = ChildProcess(cmd, env or rel_env, tmp_path / f"{name}-{len(started)}.log")
-        started.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in reversed(started):
-            try:
-                proc.stop(signal.SIGINT, timeout_s=20.0)
-            except Exception:  # noqa: BLE001 - keep stopping the others
-                pass
+def process_env(rel_env: dict[str, str]) -> dict[str, str]:
+    """``start_process`` (tests/conftest.py) starts this folder's children with ``rel_env``."""
+    return rel_env
 
 
 @pytest.fixture

@@ -73,9 +73,9 @@ def _images_in(paths: list[str]) -> int:
     return total
 
 
-def _run(spawn: Callable[..., ChildProcess], config: Path, name: str) -> tuple[dict[str, Any], float]:
+def _run(start_process: Callable[..., ChildProcess], config: Path, name: str) -> tuple[dict[str, Any], float]:
     t0 = time.monotonic()
-    proc = spawn(_command(config), name=name)
+    proc = start_process(_command(config), name=name)
     rc = proc.wait(RUN_TIMEOUT_S)
     assert rc == 0, f"lsea-calibrate ({name}) exited with {rc}:\n{proc.log()[-4000:]}"
     report = json.loads((Path(yaml.safe_load(config.read_text())["output_dir"]) / "report.json").read_text())
@@ -94,20 +94,20 @@ def _same_results(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def test_killed_calibration_resumes_from_its_cache_and_equals_an_uninterrupted_run(
-    spawn: Callable[..., ChildProcess], monitor_files: Any, tmp_path: Path,
+    start_process: Callable[..., ChildProcess], monitor_files: Any, tmp_path: Path,
 ) -> None:
     from offline_calibration.extraction import read_entry
 
     # 1. the uninterrupted reference
     ref_cfg = _config(monitor_files, tmp_path, "reference")
-    reference, t_reference = _run(spawn, ref_cfg, "reference")
+    reference, t_reference = _run(start_process, ref_cfg, "reference")
     n_images = sum(reference["data"][k] for k in ("val/ind", "val/fog", "test/ind", "test/fog"))
     n_entries = len(_entries(tmp_path / "reference" / "cache"))
 
     # 2. the same run, SIGKILLed once a few cache entries exist
     cfg = _config(monitor_files, tmp_path, "killed")
     cache = tmp_path / "killed" / "cache"
-    proc = spawn(_command(cfg), name="killed")
+    proc = start_process(_command(cfg), name="killed")
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(_entries(cache)) < 3:
         assert proc.alive(), f"lsea-calibrate ended before it could be killed:\n{proc.log()[-3000:]}"
@@ -122,7 +122,7 @@ def test_killed_calibration_resumes_from_its_cache_and_equals_an_uninterrupted_r
     leftovers = sorted(str(p) for p in cache.glob("latent/*/.tmp-*"))
 
     # 3. rerun: resumes from the cache
-    resumed, t_resumed = _run(spawn, cfg, "resumed")
+    resumed, t_resumed = _run(start_process, cfg, "resumed")
     after = _entries(cache)
     for path, stamp in before.items():
         assert after.get(path) == stamp, f"{path} was rewritten instead of reused"
@@ -143,7 +143,7 @@ def test_killed_calibration_resumes_from_its_cache_and_equals_an_uninterrupted_r
     planted = victim.parent / "batch-9999990-9999999-r0.npz"
     np.savez(planted, index=np.array([_Payload(marker)], dtype=object))
     untouched = {p: s for p, s in _entries(cache).items() if p not in (str(victim), str(planted))}
-    repaired, t_repaired = _run(spawn, cfg, "repaired")
+    repaired, t_repaired = _run(start_process, cfg, "repaired")
     final = _entries(cache)
     assert read_entry(victim) is not None and final[str(victim)] != after[str(victim)], \
         "the corrupted entry was not recomputed"

@@ -111,7 +111,7 @@ def _recovery(probe: Any, t_resume: float, what: str, timeout_s: float = 60.0, p
 
 
 def test_faults_injected_from_outside_are_contained_and_survived(
-    spawn: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
+    start_process: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
     rel_artefacts: dict[str, Path], camera_images: list[str], rel_env: dict[str, str], tmp_path: Path,
 ) -> None:
     from sensor_msgs.msg import Image
@@ -123,7 +123,7 @@ def test_faults_injected_from_outside_are_contained_and_survived(
                        watchdog_timeout_s=WATCHDOG_S, **HYST,
                        **{"qos.reliability": "reliable", "qos.depth": 5})
     t_start = time.time()
-    node = spawn(cmd, name="node")
+    node = start_process(cmd, name="node")
     wait_active(probe, node, t_start)
     pub = probe.publisher(Image, probe.image_topic)
     wait_matched(pub)
@@ -200,7 +200,7 @@ def test_faults_injected_from_outside_are_contained_and_survived(
     figures["node_sigkill"] = {"shm_files_mapped": len(shm), "shm_files_left": len(left),
                                "own_segments_left": len(segments)}
     t_restart = time.time()
-    node2 = spawn(cmd, name="node-restarted")
+    node2 = start_process(cmd, name="node-restarted")
     wait_active(probe, node2, t_restart)
     figures["node_sigkill"]["restart_to_active_s"] = round(time.time() - t_restart, 2)
     probe.wait_for(lambda p: len(_valid_after(p, t_restart, "cam2")) >= 10, 60.0,
@@ -224,7 +224,7 @@ def test_faults_injected_from_outside_are_contained_and_survived(
 
 
 def test_sigint_and_sigterm_during_start_up_exit_0(
-    spawn: Callable[..., ChildProcess], monitor_files: Any, rel_artefacts: dict[str, Path],
+    start_process: Callable[..., ChildProcess], monitor_files: Any, rel_artefacts: dict[str, Path],
 ) -> None:
     """A stop request while the node is still importing or loading (as ``ros2 launch`` sends on Ctrl-C)
     is a clean exit with code 0, without a traceback, like one while it serves."""
@@ -233,7 +233,7 @@ def test_sigint_and_sigterm_during_start_up_exit_0(
     procs = []
     t0 = time.monotonic()
     for delay, sig in cases:  # all at once: start-up is the slow part
-        procs.append(spawn(cmd, name=f"start-{sig.name}-{delay}"))
+        procs.append(start_process(cmd, name=f"start-{sig.name}-{delay}"))
     pending = list(zip(cases, procs))
     while pending:
         now = time.monotonic() - t0

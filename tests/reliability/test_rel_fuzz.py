@@ -102,10 +102,10 @@ class Fuzzer:
         return outcome, v
 
 
-def _start(spawn: Callable[..., ChildProcess], files: Any, probe: Any, artefact: Path, **params: Any) -> ChildProcess:
+def _start(start_process: Callable[..., ChildProcess], files: Any, probe: Any, artefact: Path, **params: Any) -> ChildProcess:
     cmd = node_command(files, namespace=probe.namespace, artefact=str(artefact), watchdog_timeout_s=600.0,
                        max_image_pixels=MAX_PIXELS, **{"qos.reliability": "reliable", "qos.depth": 10}, **params)
-    return spawn(cmd, name=f"node-{params.get('input_type', 'raw')}")
+    return start_process(cmd, name=f"node-{params.get('input_type', 'raw')}")
 
 
 def _warm(fz: Fuzzer, msgs: list[Any]) -> None:
@@ -182,7 +182,7 @@ def _burst_then_signal(fz: Fuzzer, make: Callable[[], Any], sig: int, n_burst: i
 
 
 def test_fuzzed_images_and_compressed_images_each_end_in_a_verdict_or_a_counted_reject(
-    spawn: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
+    start_process: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
     rel_artefacts: dict[str, Path], camera_images: list[str],
 ) -> None:
     from sensor_msgs.msg import CompressedImage, Image
@@ -191,8 +191,8 @@ def test_fuzzed_images_and_compressed_images_each_end_in_a_verdict_or_a_counted_
     probe_raw, probe_cmp = make_probe(), make_probe()
     t0 = time.time()
     # both nodes start at once (start-up is the slow part)
-    node_raw = _start(spawn, monitor_files, probe_raw, rel_artefacts["accept_all"])
-    node_cmp = _start(spawn, monitor_files, probe_cmp, rel_artefacts["accept_all"], input_type="compressed")
+    node_raw = _start(start_process, monitor_files, probe_raw, rel_artefacts["accept_all"])
+    node_cmp = _start(start_process, monitor_files, probe_cmp, rel_artefacts["accept_all"], input_type="compressed")
     wait_active(probe_raw, node_raw, t0)
     wait_active(probe_cmp, node_cmp, t0)
     pub_raw, pub_cmp = probe_raw.publisher(Image, probe_raw.image_topic), probe_cmp.publisher(

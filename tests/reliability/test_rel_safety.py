@@ -181,11 +181,11 @@ def test_node_parameter_paths_fail_configure_promptly_with_clear_errors(monitor_
 @pytest.mark.ros
 @pytest.mark.slow
 def test_node_process_with_a_device_as_checkpoint_exits_1_with_a_message(
-    spawn: Callable[..., ChildProcess], monitor_files: Any,
+    start_process: Callable[..., ChildProcess], monitor_files: Any,
 ) -> None:
     from lsea_ros_testutil import node_command
 
-    node = spawn(node_command(monitor_files, checkpoint="/dev/zero"), name="node-devzero")
+    node = start_process(node_command(monitor_files, checkpoint="/dev/zero"), name="node-devzero")
     rc = node.wait(STARTUP_TIMEOUT_S)
     log = node.log()
     assert rc == 1, f"exit code {rc}:\n{log[-3000:]}"

@@ -55,12 +55,12 @@ MIN_FRAMES_PER_THIRD_FOR_P99 = 1000
 EXTERNAL_LOAD_LIMIT_CORES = 0.25
 
 
-def _soak(duration_s: float, spawn: Callable[..., ChildProcess], make_probe: Callable[[], Any], files: Any,
+def _soak(duration_s: float, start_process: Callable[..., ChildProcess], make_probe: Callable[[], Any], files: Any,
           artefact: Path, images: list[str], env: dict[str, str], out_dir: Path, section: str) -> dict[str, Any]:
     probe = make_probe()
     # vehicle defaults (best-effort depth-1 images, watchdog 1 s), only the model files and namespace set
     t0 = time.time()
-    node = spawn(node_command(files, namespace=probe.namespace, artefact=str(artefact)), name="node")
+    node = start_process(node_command(files, namespace=probe.namespace, artefact=str(artefact)), name="node")
     wait_active(probe, node, t0)
     warmup_s = min(15.0, duration_s / 4.0)
     cam, sent_log = start_camera(env, out_dir, "soak-cam", topic=probe.image_topic, images=images, rate_hz=RATE_HZ,
@@ -162,20 +162,20 @@ def _soak(duration_s: float, spawn: Callable[..., ChildProcess], make_probe: Cal
     return figures
 
 
-def test_soak_ci(spawn: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
+def test_soak_ci(start_process: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
                  rel_artefacts: dict[str, Path], camera_images: list[str], rel_env: dict[str, str],
                  tmp_path: Path) -> None:
     """30 Hz for 60 s (the CI variant of the soak)."""
-    _soak(CI_SOAK_S, spawn, make_probe, monitor_files, rel_artefacts["accept_all"], camera_images, rel_env, tmp_path,
+    _soak(CI_SOAK_S, start_process, make_probe, monitor_files, rel_artefacts["accept_all"], camera_images, rel_env, tmp_path,
           "soak_ci")
 
 
 @pytest.mark.soak
-def test_soak_long(spawn: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
+def test_soak_long(start_process: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any,
                    rel_artefacts: dict[str, Path], camera_images: list[str], rel_env: dict[str, str],
                    tmp_path: Path) -> None:
     """30 Hz for LSEA_SOAK_S seconds (>= 600 for the release figures); deselected unless it is set."""
     if LONG_SOAK_S <= 0:
         pytest.skip("set LSEA_SOAK_S=<seconds> (e.g. 600) to run the long soak")
-    _soak(LONG_SOAK_S, spawn, make_probe, monitor_files, rel_artefacts["accept_all"], camera_images, rel_env,
+    _soak(LONG_SOAK_S, start_process, make_probe, monitor_files, rel_artefacts["accept_all"], camera_images, rel_env,
           tmp_path, "soak_long")

@@ -1,17 +1,15 @@
 """Fixtures of the ROS 2 node tests: predictable frames, an in-test probe node, node processes.
 
-Builds on ``ros_env``, ``ros_domain_id`` and ``monitor_files`` from tests/conftest.py.
+Builds on ``ros_env``, ``ros_domain_id``, ``start_process`` and ``monitor_files`` from tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import signal
 import uuid
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
-from lsea_ros_testutil import NodeProcess, Probe, StreamFrames, build_stream_frames
+from lsea_ros_testutil import Probe, StreamFrames, build_stream_frames
 
 
 @pytest.fixture(scope="session")
@@ -33,21 +31,3 @@ def probe(ros_domain_id: int) -> Iterator[Probe]:
         yield p
     finally:
         p.close()
-
-
-@pytest.fixture
-def start_process(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Start child processes (env = ros_env); each is stopped with SIGINT, then SIGKILL, at teardown."""
-    started: list[NodeProcess] = []
-
-    def start(cmd: list[str], name: str = "node", env: dict[str, str] | None = None) -> NodeProcess:
-        proc = NodeProcess(cmd, env or ros_env, tmp_path / f"{name}-{len(started)}.log")
-        started.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.stop(signal.SIGINT)
-

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -360,3 +360,69 @@ def run_publisher(env: dict[str, str], out_dir: Path, *, npz: Path, plan: list[t
         proc.stop(signal.SIGKILL)
     assert rc == 0, f"publisher failed ({rc}):\n{proc.log()[-3000:]}"
     return json.loads(sent_path.read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# MonitorNode in the test process with a stand-in scorer (node_unit, node_multicamera)
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def node_in_process(scorer: Any, monkeypatch: Any, domain_id: int, namespace: str, overrides: dict[str, Any],
+                    subscribe: dict[str, tuple[Any, str]], publish: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """An active MonitorNode whose ``FrameScorer.from_files`` returns ``scorer``, spun with a peer node.
+
+    ``subscribe`` maps a key to ``(message type, topic)``: what arrives is appended to ``got[key]``
+    (under ``got["lock"]``); ``publish`` maps a key to an Image topic (``got["pubs"][key]``, reliable).
+    Yields ``got`` with ``node`` and ``scorer``; everything is shut down on exit.
+    """
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import Image
+
+    import lsea_monitor.node as node_module
+
+    monkeypatch.setattr(node_module.FrameScorer, "from_files", classmethod(lambda cls, **kw: scorer))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+    params = {"checkpoint": "x.ckpt", "artefact": "x.safetensors", **overrides}
+    node = node_module.MonitorNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+                                   namespace=namespace)
+    peer = rclpy.create_node(f"{namespace}_peer", context=ctx)
+    got: dict[str, Any] = {"lock": threading.Lock(), "node": node, "scorer": scorer}
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+
+    def keep(key: str) -> Callable[[Any], None]:
+        got[key] = []
+
+        def cb(msg: Any) -> None:
+            with got["lock"]:
+                got[key].append(msg)
+        return cb
+
+    for key, (msg_type, topic) in subscribe.items():
+        peer.create_subscription(msg_type, topic, keep(key), qos)
+    rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    got["pubs"] = {key: peer.create_publisher(Image, topic, rel) for key, topic in publish.items()}
+    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        executor.add_node(node)
+        executor.add_node(peer)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while any(p.get_subscription_count() == 0 for p in got["pubs"].values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield got
+    finally:
+        node.stop_serving()
+        executor.shutdown(timeout_sec=5)
+        node.destroy_node()
+        peer.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        if thread.is_alive():
+            thread.join(timeout=5)

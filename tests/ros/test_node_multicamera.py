@@ -20,15 +20,12 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 Python wheels (ros-rclpy) not installed")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 
-import lsea_monitor.node as node_module  # noqa: E402
 from lsea_monitor.pipeline import FrameScore, frame_seed  # noqa: E402
 from lsea_ros_testutil import (  # noqa: E402
     NODE_STARTUP_TIMEOUT_S,
@@ -36,6 +33,7 @@ from lsea_ros_testutil import (  # noqa: E402
     Probe,
     StreamFrames,
     health_values,
+    node_in_process,
     node_command,
     replay_hysteresis,
     run_publisher,
@@ -72,57 +70,16 @@ class BatchScorer:
 
 @pytest.fixture
 def two_cameras(ros_domain_id: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    scorer = BatchScorer()
-    monkeypatch.setattr(node_module.FrameScorer, "from_files", classmethod(lambda cls, **kw: scorer))
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=ros_domain_id, signal_handler_options=SignalHandlerOptions.NO)
-    overrides = [Parameter("checkpoint", value="x.ckpt"), Parameter("artefact", value="x.safetensors"),
-                 Parameter("image_topics", value=["front=/mc/cam_front/image_raw", "rear/image"]),
-                 Parameter("batch_gather_ms", value=300.0), Parameter("watchdog_timeout_s", value=0.5),
-                 Parameter("hysteresis.raise_after", value=1), Parameter("hysteresis.window", value=1),
-                 Parameter("hysteresis.clear_after", value=1), Parameter("qos.reliability", value="reliable"),
-                 Parameter("diagnostics_period_s", value=0.2)]
-    node = node_module.MonitorNode(context=ctx, parameter_overrides=overrides, namespace="mc")
-    peer = rclpy.create_node("mc_peer", context=ctx)
-    got: dict[str, Any] = {"lock": threading.Lock(), "health": [], "single": []}
-    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-
-    def keep(key: str) -> Any:
-        got[key] = []
-
-        def cb(msg: Any) -> None:
-            with got["lock"]:
-                got[key].append(msg)
-        return cb
-
+    overrides = {"image_topics": ["front=/mc/cam_front/image_raw", "rear/image"], "batch_gather_ms": 300.0,
+                 "watchdog_timeout_s": 0.5, "hysteresis.raise_after": 1, "hysteresis.window": 1,
+                 "hysteresis.clear_after": 1, "qos.reliability": "reliable", "diagnostics_period_s": 0.2}
+    subscribe = {"single": (DiagnosticArray, "/mc/lsea_monitor/verdict"), "health": (DiagnosticArray, "/diagnostics")}
     for cam in CAMERAS:
-        peer.create_subscription(DiagnosticArray, f"/mc/lsea_monitor/{cam}/verdict", keep(f"{cam}_verdicts"), qos)
-        peer.create_subscription(Bool, f"/mc/lsea_monitor/{cam}/ood", keep(f"{cam}_flags"), qos)
-    peer.create_subscription(DiagnosticArray, "/mc/lsea_monitor/verdict", keep("single"), qos)
-    peer.create_subscription(DiagnosticArray, "/diagnostics", keep("health"), qos)
-    rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    got["pubs"] = {"front": peer.create_publisher(Image, "/mc/cam_front/image_raw", rel),
-                   "rear": peer.create_publisher(Image, "/mc/rear/image", rel)}
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    executor.add_node(node)
-    executor.add_node(peer)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    got.update(node=node, scorer=scorer)
-    deadline = time.monotonic() + 10
-    while any(p.get_subscription_count() == 0 for p in got["pubs"].values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+        subscribe[f"{cam}_verdicts"] = (DiagnosticArray, f"/mc/lsea_monitor/{cam}/verdict")
+        subscribe[f"{cam}_flags"] = (Bool, f"/mc/lsea_monitor/{cam}/ood")
+    with node_in_process(BatchScorer(), monkeypatch, ros_domain_id, "mc", overrides, subscribe,
+                         publish={"front": "/mc/cam_front/image_raw", "rear": "/mc/rear/image"}) as got:
         yield got
-    finally:
-        node.stop_serving()
-        executor.shutdown(timeout_sec=5)
-        node.destroy_node()
-        peer.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        thread.join(timeout=5)
 
 
 def frame(kind: int, sec: int, camera: str) -> Image:

@@ -4,7 +4,6 @@ exercised by the multi-process tests; these pin the node's own logic quickly."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Iterator
 
@@ -13,16 +12,12 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 Python wheels (ros-rclpy) not installed")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 
-import lsea_monitor.node as node_module  # noqa: E402
 from lsea_monitor.pipeline import FrameScore, frame_seed  # noqa: E402
+from lsea_ros_testutil import node_in_process  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -51,50 +46,14 @@ class ScriptedScorer:
 
 @pytest.fixture
 def running(ros_domain_id: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    scorer = ScriptedScorer()
-    monkeypatch.setattr(node_module.FrameScorer, "from_files", classmethod(lambda cls, **kw: scorer))
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=ros_domain_id, signal_handler_options=SignalHandlerOptions.NO)
-    overrides = [Parameter("checkpoint", value="x.ckpt"), Parameter("artefact", value="x.safetensors"),
-                 Parameter("watchdog_timeout_s", value=0.4), Parameter("hysteresis.raise_after", value=1),
-                 Parameter("hysteresis.window", value=1), Parameter("hysteresis.clear_after", value=1),
-                 Parameter("qos.reliability", value="reliable"), Parameter("diagnostics_period_s", value=0.2)]
-    node = node_module.MonitorNode(context=ctx, parameter_overrides=overrides, namespace="unit")
-    peer = rclpy.create_node("unit_peer", context=ctx)
-    got: dict[str, Any] = {"verdicts": [], "flags": [], "health": [], "lock": threading.Lock()}
-    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-
-    def keep(key: str) -> Any:
-        def cb(msg: Any) -> None:
-            with got["lock"]:
-                got[key].append(msg)
-        return cb
-
-    peer.create_subscription(DiagnosticArray, "/unit/lsea_monitor/verdict", keep("verdicts"), qos)
-    peer.create_subscription(Bool, "/unit/lsea_monitor/ood", keep("flags"), qos)
-    peer.create_subscription(DiagnosticArray, "/diagnostics", keep("health"), qos)
-    got["pub"] = peer.create_publisher(Image, "/unit/image",
-                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    executor.add_node(node)
-    executor.add_node(peer)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    got.update(node=node, scorer=scorer)
-    deadline = time.monotonic() + 10
-    while got["pub"].get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    overrides = {"watchdog_timeout_s": 0.4, "hysteresis.raise_after": 1, "hysteresis.window": 1,
+                 "hysteresis.clear_after": 1, "qos.reliability": "reliable", "diagnostics_period_s": 0.2}
+    subscribe = {"verdicts": (DiagnosticArray, "/unit/lsea_monitor/verdict"), "flags": (Bool, "/unit/lsea_monitor/ood"),
+                 "health": (DiagnosticArray, "/diagnostics")}
+    with node_in_process(ScriptedScorer(), monkeypatch, ros_domain_id, "unit", overrides, subscribe,
+                         publish={"image": "/unit/image"}) as got:
+        got["pub"] = got["pubs"]["image"]
         yield got
-    finally:
-        node.stop_serving()
-        executor.shutdown(timeout_sec=5)
-        node.destroy_node()
-        peer.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        thread.join(timeout=5)
 
 
 def frame(kind: int, sec: int) -> Image:
