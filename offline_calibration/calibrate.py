@@ -16,9 +16,10 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -36,8 +37,9 @@ from offline_calibration.extraction import FeatureCache, LatentExtractionModule,
 DETECTOR_NAMES = ("kde_classifier", "one_class_kde", "mahalanobis")
 
 
-def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_images: int = 0) -> dict[str, Any]:
-    """Datasets keyed ``<split>/<set>``: ``ind`` plus one per anomaly kind (and WoodScape soiling)."""
+def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_images: int = 0,
+                     splits: tuple[str, ...] = ("val", "test"), return_labels: bool = False) -> dict[str, Any]:
+    """Datasets keyed ``<split>/<set>``: ``ind`` plus one per anomaly kind (and WoodScape soiling on test)."""
     d = cfg.dataset
     limit = (max_images or d.max_images) or None
     sets: dict[str, Any] = {}
@@ -45,12 +47,13 @@ def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_i
         from offline_calibration.cityscapes import CityscapesDataset as DatasetCls
     else:
         from offline_calibration.woodscape import WoodScapeDataset as DatasetCls
-    for split in ("val", "test"):
-        sets[f"{split}/ind"] = DatasetCls(d.root, split, preprocessing, return_labels=False, max_images=limit)
+    for split in splits:
+        sets[f"{split}/ind"] = DatasetCls(d.root, split, preprocessing, return_labels=return_labels, max_images=limit)
         for kind in d.anomaly_kinds:
             sets[f"{split}/{kind}"] = DatasetCls(d.root, split, preprocessing, anomaly=kind,
-                                                 anomaly_seed=d.anomaly_seed, return_labels=False, max_images=limit)
-    if d.kind == "woodscape" and d.soiling:
+                                                 anomaly_seed=d.anomaly_seed, return_labels=return_labels,
+                                                 max_images=limit)
+    if d.kind == "woodscape" and d.soiling and "test" in splits:
         from offline_calibration.woodscape import WoodScapeSoilingDataset
 
         sets["test/soiling"] = WoodScapeSoilingDataset(d.root, "test", preprocessing, max_images=limit)
@@ -242,6 +245,8 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
             t0 = time.perf_counter()
             baseline_scores[set_name] = extract_set(dataset, cache, b_module, **run_kw)
             timing[f"baselines {set_name}"] = round(time.perf_counter() - t0, 2)
+    segmentation, harm = (segmentation_under_anomalies(cfg, model, preprocessing, cache_key, run_kw, timing, log)
+                          if cfg.segmentation.enabled else (None, {}))
     kinds = list(d.anomaly_kinds)
     for split in ("val", "test"):
         features[f"{split}/all"] = compose_mixed(features, kinds, d.anomaly_seed, split)
@@ -273,6 +278,14 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
             ood: evaluate(bs["test/ind"][b], bs[f"test/{ood}"][b], thr) for ood in ood_sets}}
         scores_for_plots[f"baseline {b}"] = {"test InD": bs["test/ind"][b],
                                              **{f"test {o}": bs[f"test/{o}"][b] for o in ood_sets}}
+    if segmentation is not None:
+        if segmentation["split"] == "test":  # does the monitor catch the anomalies that matter?
+            segmentation["detection_by_harm"] = {
+                name: {kind: detection_by_harm(art.score_features(test_ind["h_z"]),
+                                               art.score_features(features[f"test/{kind}"]["h_z"]), harm[kind],
+                                               art.threshold, segmentation["hurt_drop"]) for kind in harm}
+                for name, art in artefacts.items()}
+        results["segmentation"] = segmentation
     if cfg.detection.cross_type and len(kinds) >= 2:
         results["cross_type"] = cross_type_generalisation(cfg, features, kinds, binding, preprocessing)
 
@@ -306,6 +319,66 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
     }
     write_report(report, out, features=features, scores=scores_for_plots, cfg=cfg)
     return report
+
+
+def segmentation_under_anomalies(cfg: CalibrationConfig, model: torch.nn.Module, preprocessing: Preprocessing,
+                                 cache_key: dict[str, Any], run_kw: dict[str, Any], timing: dict[str, float],
+                                 log: Callable[..., None]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The model's segmentation of labelled images, clean and under each anomaly kind: which
+    anomalies actually hurt it (see offline_calibration.segmentation_quality).
+
+    Returns the report section and, per anomaly kind, the (N,) per-image pixel accuracy drop of
+    images ``0..N-1`` of the split used (test when its labels are real, else validation).
+    """
+    from offline_calibration.segmentation_quality import (
+        HURT_DROP,
+        SegmentationQualityModule,
+        accuracy_drop,
+        harm_summary,
+        has_real_labels,
+        resolve_ignore_index,
+    )
+
+    seg = cfg.segmentation
+    ignore_index = resolve_ignore_index(model, seg.ignore_index)
+    limit = seg.max_images or cfg.dataset.max_images
+    split = seg.split
+    if split == "auto":
+        test_ind = build_image_sets(cfg, preprocessing, max_images=limit, splits=("test",), return_labels=True)["test/ind"]
+        split = "test" if has_real_labels(test_ind, ignore_index) else "val"
+    module = SegmentationQualityModule(model, ignore_index)
+    confusions: dict[str, np.ndarray] = {}
+    for set_name, dataset in build_image_sets(cfg, preprocessing, max_images=limit, splits=(split,),
+                                              return_labels=True).items():
+        if set_name == "test/soiling":
+            continue  # not an altered copy of the clean images
+        cache = FeatureCache(Path(cfg.cache_dir) / "segmentation" / set_name.replace("/", "-"),
+                             {**cache_key, "set": set_name, "max_images": limit, "ignore_index": ignore_index})
+        log(f"[lsea-calibrate] segmentation quality, {set_name}: {len(dataset)} images")
+        t0 = time.perf_counter()
+        confusions[set_name.split("/", 1)[1]] = extract_set(dataset, cache, module, **run_kw)["confusion"]
+        timing[f"segmentation {set_name}"] = round(time.perf_counter() - t0, 2)
+    section = {"split": split, "ignore_index": ignore_index, "hurt_drop": HURT_DROP, "sets": harm_summary(confusions, ignore_index=ignore_index)}
+    return section, accuracy_drop(confusions)
+
+
+def detection_by_harm(scores_ind: np.ndarray, scores_ood: np.ndarray, drop: np.ndarray, threshold: float,
+                      hurt_drop: float) -> dict[str, float]:
+    """Detection of the altered test images that hurt the segmentation and of those that did not.
+
+    ``scores_ood[:len(drop)]`` are the altered images whose per-image accuracy drop is ``drop``;
+    AUROC is against every test InD image; TPR at the deployed ``threshold``.
+    """
+    n = min(len(drop), len(scores_ood))  # both hold images 0..n-1 of the split
+    s, drop = scores_ood[:n], drop[:n]
+    out: dict[str, float] = {}
+    for name, mask in (("hurt", drop > hurt_drop), ("unhurt", drop <= hurt_drop)):
+        sub = s[mask]
+        out[f"n_{name}"] = int(mask.sum())
+        out[f"auroc_{name}"] = (float(roc_auc_score(np.r_[np.zeros(len(scores_ind)), np.ones(len(sub))],
+                                                    np.r_[scores_ind, sub])) if len(sub) else float("nan"))
+        out[f"tpr_{name}"] = float((sub > threshold).mean()) if len(sub) else float("nan")
+    return out
 
 
 def cross_type_generalisation(cfg: CalibrationConfig, features: dict[str, dict[str, np.ndarray]], kinds: list[str],

@@ -83,6 +83,19 @@ class BaselineConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """How much each anomaly hurts the segmentation (labelled validation images, eval-mode forward)."""
+
+    enabled: bool = True
+    max_images: int = 0  #: per set, 0 = as many as the latent detectors (each costs one full forward)
+    #: auto = test when its labels are real (then detection is also reported for hurt and unhurt
+    #: images), else val (the real Cityscapes test labels are placeholders)
+    split: str = "auto"
+    #: "auto" = the model's hparams.ignore_index when it has one; an int; or null (every label counts)
+    ignore_index: Any = "auto"
+
+
+@dataclass
 class ReportConfig:
     pacmap: bool = True
     pacmap_neighbors: int = 28
@@ -96,6 +109,7 @@ class CalibrationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     cache_dir: str = ""  #: default: <output_dir>/cache
     artefact_name: str = "detector.safetensors"
@@ -137,6 +151,15 @@ class CalibrationConfig:
         if det.deploy not in ("kde_classifier", "one_class_kde", "mahalanobis"):
             raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use kde_classifier, "
                                        "one_class_kde or mahalanobis.")
+        seg = self.segmentation
+        if isinstance(seg.max_images, bool) or not isinstance(seg.max_images, int) or seg.max_images < 0:
+            raise InputValidationError(f"segmentation.max_images must be an integer >= 0, got {seg.max_images!r}.")
+        if seg.split not in ("auto", "val", "test"):
+            raise InputValidationError(f"segmentation.split must be auto, val or test, got {seg.split!r}.")
+        if not (seg.ignore_index is None or seg.ignore_index == "auto"
+                or (isinstance(seg.ignore_index, int) and not isinstance(seg.ignore_index, bool))):
+            raise InputValidationError(f"segmentation.ignore_index must be \"auto\", an integer or null, "
+                                       f"got {seg.ignore_index!r}.")
         if not d.anomaly_kinds:
             raise InputValidationError("dataset.anomaly_kinds is empty; give at least one of mud, fog, sunflare.")
 

@@ -48,12 +48,13 @@ class DemoConfig:
     # pytorch-ood baselines cost 1 + M full forward passes per image: a subset keeps the demo short.
     baseline_images: int = 20
     baseline_mc_samples: int = 5
+    segmentation_images: int = 20  #: per set, for the segmentation-under-anomalies table (one forward each)
     seed: int = 0
 
 
 QUICK = DemoConfig(n_train=24, n_val=12, n_test=12, height=128, width=256, epochs=1, train_height=64,
                    train_width=128, batch_size=4, block_size=3, mc_samples=6, pca_components=4,
-                   baseline_images=4, baseline_mc_samples=2)
+                   baseline_images=4, baseline_mc_samples=2, segmentation_images=4)
 
 
 def _stamp_ok(stamp: Path, config: dict[str, Any]) -> bool:
@@ -112,6 +113,7 @@ def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
         "sampling": {"mc_samples": cfg.mc_samples, "batch_size": 4},
         "detection": {"pca_components": cfg.pca_components},
         "baselines": {"max_images": cfg.baseline_images, "mc_samples": cfg.baseline_mc_samples},
+        "segmentation": {"max_images": cfg.segmentation_images},
     }
     cfg_path = work / "calibration.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -123,7 +125,9 @@ def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
         return {"artefact": report["deployed"]["artefact"], "report": str(work.resolve() / "calibration" / "report.md"),
                 "deployed": det, "metrics": report["detectors"][det]["ood_sets"]["all"],
                 "best_one_class_auroc": max(report["detectors"][n]["ood_sets"]["all"]["auroc"]
-                                            for n in ("one_class_kde", "mahalanobis"))}
+                                            for n in ("one_class_kde", "mahalanobis")),
+                "per_kind_auroc": {k: v["auroc"] for k, v in report["detectors"][det]["ood_sets"].items()},
+                "segmentation": report.get("segmentation", {}).get("sets", {})}
 
     return _step("calibrate", work / "calibration" / "demo_stamp.json", {**config, "checkpoint_sha256": sha}, run)
 
@@ -170,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[demo] calibration ({calib['deployed']}, test InD vs anomalies): AUROC {m['auroc']:.4f}, "
           f"FPR@95TPR OoD-positive {m['fpr_at_95_tpr_ood_positive']:.4f}, "
           f"InD-positive {m['fpr_at_95_tpr_ind_positive']:.4f}; best one-class AUROC {calib['best_one_class_auroc']:.4f}")
+    for kind, q in calib.get("segmentation", {}).items():
+        if kind != "ind":
+            print(f"[demo]   {kind}: detection AUROC {calib['per_kind_auroc'].get(kind, float('nan')):.3f}; "
+                  f"segmentation pixel accuracy {q['pixel_accuracy']:.3f} "
+                  f"(InD {calib['segmentation']['ind']['pixel_accuracy']:.3f}), "
+                  f"{100 * q['hurt_fraction']:.0f} % of images hurt")
     print(f"[demo] calibration report: {calib['report']}")
     if not args.skip_ros:
         from offline_calibration import demo_ros

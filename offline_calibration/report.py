@@ -36,6 +36,39 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: tuple[str, .
     return head + body
 
 
+def _num(value: Any, digits: int) -> str:
+    return value if isinstance(value, str) else f"{value:.{digits}f}"
+
+
+def segmentation_section(report: dict[str, Any]) -> list[str]:
+    """Markdown lines: the model's segmentation per set next to the deployed detector's test results."""
+    seg, deployed = report["segmentation"], report["deployed"]["detector"]
+    detection = report["detectors"][deployed]["ood_sets"]
+    by_harm = seg.get("detection_by_harm", {}).get(deployed)
+    n = seg["sets"]["ind"]["n_images"]
+    lines = [f"## Segmentation under each anomaly ({seg['split']}, {n} images per set)", "",
+             "How much each anomaly hurts the model (eval mode, no dropout): a missed anomaly that the "
+             "network segments through matters less than a missed one that wrecks the segmentation. "
+             f"Hurt = pixel accuracy down by more than {100 * seg['hurt_drop']:g} points on that image.", ""]
+    head = f"| set | mIoU | pixel accuracy | mIoU drop | accuracy drop | images hurt | {deployed} AUROC (test) |"
+    if by_harm:
+        head += " AUROC hurt / unhurt | TPR at threshold hurt / unhurt |"
+    lines += [head, "|---" * (head.count("|") - 1) + "|"]
+    for name, q in seg["sets"].items():
+        if name == "ind":
+            lines.append(f"| InD | {q['miou']:.3f} | {q['pixel_accuracy']:.3f} |" + " |" * (head.count("|") - 4))
+            continue
+        row = (f"| {name} | {q['miou']:.3f} | {q['pixel_accuracy']:.3f} | {q['miou_drop']:.3f} | "
+               f"{q['pixel_accuracy_drop']:.3f} | {100 * q['hurt_fraction']:.0f} % | "
+               f"{detection.get(name, {}).get('auroc', float('nan')):.3f} |")
+        if by_harm:
+            h = {k: ("n/a" if isinstance(v, float) and np.isnan(v) else v) for k, v in by_harm[name].items()}
+            row += (f" {_num(h['auroc_hurt'], 3)} / {_num(h['auroc_unhurt'], 3)} ({h['n_hurt']} / {h['n_unhurt']}"
+                    f" images) | {_num(h['tpr_hurt'], 2)} / {_num(h['tpr_unhurt'], 2)} |")
+        lines.append(row)
+    return lines + [""]
+
+
 def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[str, np.ndarray]],
                  scores: dict[str, dict[str, np.ndarray]], cfg: Any) -> None:
     """Plots (ROC per OoD set, PaCMAP of validation features, score histograms) and the readable report."""
@@ -88,6 +121,8 @@ def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[
         for held, r in report["cross_type"].items():
             rows = {k: v for k, v in r.items() if k != "fitted_on"}
             lines += [f"### {held} (fitted on {', '.join(r['fitted_on'])})", "", metrics_table(rows), ""]
+    if "segmentation" in report:
+        lines += segmentation_section(report)
     lines += ["## Score distributions", ""]
     lines += [f"![{k}]({v})" for k, v in files.items() if k.startswith("hist_")]
     if "pacmap" in files:

@@ -338,3 +338,13 @@ def test_worker_processes_give_identical_items(cs_root: Path) -> None:
                    .anomaly_val_dataloader())
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(in_process, workers))
     assert [a["anomaly"] for a in in_process] == [b["anomaly"] for b in workers]
+
+
+def test_segmentation_quality_sees_placeholder_test_labels(cs_root: Path, tmp_path: Path) -> None:
+    """lsea-calibrate measures the segmentation on test only where test labels are real."""
+    from offline_calibration.segmentation_quality import has_real_labels
+
+    assert not has_real_labels(CityscapesDataset(cs_root, "test", same_size(), return_labels=True), IGNORE_TRAIN_ID)
+    assert has_real_labels(CityscapesDataset(cs_root, "val", same_size(), return_labels=True), IGNORE_TRAIN_ID)
+    labelled = make_cityscapes(tmp_path / "labelled", placeholder_test=False)
+    assert has_real_labels(CityscapesDataset(labelled, "test", same_size(), return_labels=True), IGNORE_TRAIN_ID)
