@@ -27,7 +27,7 @@ from lsea_monitor.artefact import DetectorArtefact, ModelBinding, sha256_file
 from lsea_monitor.checkpoint import load_model
 from lsea_monitor.dataset import LatentPCA
 from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE
-from lsea_monitor.errors import LseaError
+from lsea_monitor.errors import DatasetLayoutError, LseaError
 from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.preprocessing import Preprocessing
 from lsea_monitor.threshold import select_threshold
@@ -344,8 +344,12 @@ def segmentation_under_anomalies(cfg: CalibrationConfig, model: torch.nn.Module,
     limit = seg.max_images or cfg.dataset.max_images
     split = seg.split
     if split == "auto":
-        test_ind = build_image_sets(cfg, preprocessing, max_images=limit, splits=("test",), return_labels=True)["test/ind"]
-        split = "test" if has_real_labels(test_ind, ignore_index) else "val"
+        try:
+            test_ind = build_image_sets(cfg, preprocessing, max_images=limit, splits=("test",),
+                                        return_labels=True)["test/ind"]
+            split = "test" if has_real_labels(test_ind, ignore_index) else "val"
+        except DatasetLayoutError:  # no label folder for test at all
+            split = "val"
     module = SegmentationQualityModule(model, ignore_index)
     confusions: dict[str, np.ndarray] = {}
     for set_name, dataset in build_image_sets(cfg, preprocessing, max_images=limit, splits=(split,),

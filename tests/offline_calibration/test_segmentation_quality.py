@@ -200,3 +200,38 @@ def test_segmentation_config_errors_are_named(monitor_files: Any, tmp_path: Any,
                                     "model": {"checkpoint": str(monitor_files.checkpoint)}, "segmentation": section}))
     with pytest.raises(InputValidationError, match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize("test_labels", ["placeholders", "missing", "real"])
+def test_split_auto_falls_back_to_val_without_real_test_labels(monitor_files: Any, tmp_path: Any,
+                                                                test_labels: str) -> None:
+    """The public Cityscapes test split ships all-ignored label files (or none are downloaded)."""
+    import shutil
+
+    import cv2
+    import yaml
+
+    from lsea_monitor.checkpoint import load_model
+    from lsea_monitor.preprocessing import Preprocessing
+    from offline_calibration.calibrate import segmentation_under_anomalies
+    from offline_calibration.config import load_config
+
+    root = tmp_path / "data"
+    shutil.copytree(monitor_files.data_root, root)
+    gt_test = root / "gtFine" / "test"
+    if test_labels == "missing":
+        shutil.rmtree(gt_test)
+    elif test_labels == "placeholders":
+        for path in gt_test.rglob("*_labelIds.png"):
+            cv2.imwrite(str(path), np.zeros_like(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)))  # id 0: unlabeled
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": "o", "dataset": {"root": str(root)},
+                                    "model": {"checkpoint": str(monitor_files.checkpoint)},
+                                    "segmentation": {"max_images": 2}}))
+    cfg = load_config(path)
+    model = load_model(str(monitor_files.checkpoint), monitor_files.model_class)
+    section, drop = segmentation_under_anomalies(
+        cfg, model, Preprocessing(monitor_files.height, monitor_files.width), {"case": test_labels},
+        {"batch_size": 2, "progress": False}, {}, lambda *_: None)
+    assert section["split"] == ("test" if test_labels == "real" else "val")
+    assert section["sets"]["ind"]["n_images"] == 2 and set(drop) == {"mud", "fog", "sunflare"}
