@@ -362,7 +362,8 @@ def segmentation_under_anomalies(cfg: CalibrationConfig, model: torch.nn.Module,
         t0 = time.perf_counter()
         confusions[set_name.split("/", 1)[1]] = extract_set(dataset, cache, module, **run_kw)["confusion"]
         timing[f"segmentation {set_name}"] = round(time.perf_counter() - t0, 2)
-    section = {"split": split, "ignore_index": ignore_index, "hurt_drop": HURT_DROP, "sets": harm_summary(confusions, ignore_index=ignore_index)}
+    section = {"split": split, "ignore_index": ignore_index, "hurt_drop": HURT_DROP,
+               "sets": harm_summary(confusions, ignore_index=ignore_index)}
     return section, accuracy_drop(confusions)
 
 

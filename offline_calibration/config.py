@@ -84,7 +84,8 @@ class BaselineConfig:
 
 @dataclass
 class SegmentationConfig:
-    """How much each anomaly hurts the segmentation (labelled validation images, eval-mode forward)."""
+    """How much each anomaly hurts the segmentation (labelled images, eval-mode forward; see
+    offline_calibration.segmentation_quality)."""
 
     enabled: bool = True
     max_images: int = 0  #: per set, 0 = as many as the latent detectors (each costs one full forward)
