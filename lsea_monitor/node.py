@@ -43,7 +43,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidHandle
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, ShutdownException
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -81,6 +82,8 @@ class MonitorNode(LifecycleNode):
         self._stats = NodeStats(now_s=time.monotonic())
         self._slots: CameraSlots[Frame] = CameraSlots(1)
         self._lock = threading.Lock()  # hysteresis, publishers and _active
+        # A lifecycle transition (executor thread) and shutdown (main thread) may both stop serving.
+        self._stop_serving_lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._scorer: Optional[FrameScorer] = None
@@ -160,28 +163,30 @@ class MonitorNode(LifecycleNode):
         return FAILURE
 
     def stop_serving(self) -> None:
-        """Stop the worker, destroy the subscription, watchdog and publishers (any state; idempotent)."""
-        with self._lock:
-            self._active = False
-        for entity, destroy in [(c.sub, self.destroy_subscription) for c in self._channels] + [
-                (self._watchdog, self.destroy_timer)]:
-            if entity is not None:
-                destroy(entity)
-        for ch in self._channels:
-            ch.sub = None
-        self._watchdog = None
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=60.0)
-            if self._worker.is_alive():
-                self.get_logger().error("The inference worker did not stop within 60 s; leaving it behind.")
-            self._worker = None
-        self._stats.on_dropped(self._slots.clear())
-        with self._lock:
+        """Stop the worker, destroy the subscription, watchdog and publishers (any state; idempotent,
+        safe to call from several threads at once)."""
+        with self._stop_serving_lock:
+            with self._lock:
+                self._active = False
+            for entity, destroy in [(c.sub, self.destroy_subscription) for c in self._channels] + [
+                    (self._watchdog, self.destroy_timer)]:
+                if entity is not None:
+                    destroy(entity)
             for ch in self._channels:
-                for pub in (p for p in (ch.verdict_pub, ch.ood_pub) if p is not None):
-                    self.destroy_publisher(pub)
-                ch.verdict_pub = ch.ood_pub = None
+                ch.sub = None
+            self._watchdog = None
+            self._stop.set()
+            worker, self._worker = self._worker, None
+            if worker is not None:
+                worker.join(timeout=60.0)
+                if worker.is_alive():
+                    self.get_logger().error("The inference worker did not stop within 60 s; leaving it behind.")
+            self._stats.on_dropped(self._slots.clear())
+            with self._lock:
+                for ch in self._channels:
+                    for pub in (p for p in (ch.verdict_pub, ch.ood_pub) if p is not None):
+                        self.destroy_publisher(pub)
+                    ch.verdict_pub = ch.ood_pub = None
 
     @property
     def status_prefix(self) -> str:
@@ -319,6 +324,42 @@ def _describe(err: BaseException) -> str:
     return str(err) if isinstance(err, LseaError) else f"{type(err).__name__}: {err}"
 
 
+#: Consecutive InvalidHandle errors spin_until_shutdown survives before it gives up.
+MAX_CONSECUTIVE_INVALID_HANDLES = 100
+
+
+def spin_until_shutdown(executor: MultiThreadedExecutor, on_invalid_handle: Any = None) -> int:
+    """``executor.spin()`` that survives an entity destroyed while the executor builds its wait set.
+
+    Deactivate and cleanup destroy the subscriptions in an executor thread; rclpy can meet a
+    subscription's QoS event handler half destroyed in the thread building the wait set and raise
+    InvalidHandle out of ``spin`` (ros2/rclpy#1284, #1206), which would end the node after a normal
+    transition. The next wait set no longer holds the destroyed entity, so spinning on is correct;
+    only a persistent failure is re-raised. Returns how many were survived, once the context is
+    shut down (SIGINT/SIGTERM) or the executor is.
+    """
+    survived = consecutive = 0
+    while executor.context.ok():
+        try:
+            executor.spin_once(timeout_sec=0.5)
+            consecutive = 0
+        except ShutdownException:  # executor.shutdown() from another thread
+            break
+        except InvalidHandle:
+            survived, consecutive = survived + 1, consecutive + 1
+            if consecutive > MAX_CONSECUTIVE_INVALID_HANDLES:
+                raise
+            if on_invalid_handle is not None:
+                on_invalid_handle()
+        except Exception:  # noqa: BLE001
+            if executor.context.ok():
+                raise
+            # SIGINT/SIGTERM shut the context down while the executor built its wait set: rclpy then
+            # raises RCLError ("the given context is not valid") instead of ExternalShutdownException.
+            break
+    return survived
+
+
 def main(args: Optional[list[str]] = None) -> int:
     """Run the node until SIGINT/SIGTERM (exit 0); 1 when auto-start fails, 2 on bad parameters."""
     if _EARLY_SIGNALS:  # the defaults again: rclpy.init installs its handlers over them
@@ -345,14 +386,14 @@ def main(args: Optional[list[str]] = None) -> int:
                     return 1
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(executor, lambda: node.get_logger().debug(
+            "An entity destroyed by a transition was in the wait set being built (rclpy#1284); spinning on."))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
         if rclpy.ok():
             raise
-        # SIGINT/SIGTERM shut the context down while the executor built its wait set: rclpy then
-        # raises RCLError ("the given context is not valid") instead of ExternalShutdownException.
+        # A stop request during start-up shut the context down under a transition (RCLError).
     finally:
         if node is not None:
             node.stop_serving()

@@ -407,7 +407,7 @@ def node_in_process(scorer: Any, monkeypatch: Any, domain_id: int, namespace: st
     rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     got["pubs"] = {key: peer.create_publisher(Image, topic, rel) for key, topic in publish.items()}
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread = threading.Thread(target=node_module.spin_until_shutdown, args=(executor,), daemon=True)
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS

@@ -4,6 +4,7 @@ exercised by the multi-process tests; these pin the node's own logic quickly."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Iterator
 
@@ -139,3 +140,120 @@ def test_runtime_hysteresis_change_restarts_raised(running: dict[str, Any]) -> N
     assert verdict_for(running, 202)["is_ood"] == "false"
     bad = node.set_parameters([Parameter("hysteresis.raise_after", value=5)])[0]
     assert not bad.successful and "must not exceed hysteresis.window" in bad.reason
+
+
+def test_two_threads_stopping_at_once_both_finish(running: dict[str, Any]) -> None:
+    """A deactivate (executor thread) and the shutdown in main() may stop serving together."""
+    node = running["node"]
+    errors: list[BaseException] = []
+
+    def stop() -> None:
+        try:
+            node.stop_serving()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert not errors and node._worker is None and all(not t.is_alive() for t in threads)
+
+
+class _FailingWaitable:
+    """A waitable whose first ``failures`` wait-set registrations raise InvalidHandle, as a
+    subscription's QoS event handler does when a transition destroys it meanwhile (rclpy#1284)."""
+
+    @staticmethod
+    def make(callback_group: Any, failures: int) -> Any:
+        from rclpy.exceptions import InvalidHandle
+        from rclpy.waitable import NumberOfEntities, Waitable
+
+        class Failing(Waitable):
+            def __init__(self) -> None:
+                super().__init__(callback_group)
+                self.failures = failures
+
+            def __enter__(self) -> None:
+                return None
+
+            def __exit__(self, *exc: Any) -> None:
+                return None
+
+            def add_to_wait_set(self, wait_set: Any) -> None:
+                if self.failures > 0:
+                    self.failures -= 1
+                    raise InvalidHandle("cannot use Destroyable because destruction was requested")
+
+            def is_ready(self, wait_set: Any) -> bool:
+                return False
+
+            def get_num_entities(self) -> NumberOfEntities:
+                return NumberOfEntities()
+
+            def take_data(self) -> None:
+                return None
+
+            async def execute(self, taken_data: Any) -> None:
+                return None
+
+        return Failing()
+
+
+@pytest.mark.parametrize("failures", [0, 3, 10_000])
+def test_spin_survives_an_entity_destroyed_while_the_wait_set_is_built(ros_domain_id: int, failures: int) -> None:
+    """main() spins with spin_until_shutdown: a transient InvalidHandle (an entity destroyed by a
+    transition) no longer ends the node; a persistent one is still raised; plain spin() is the control."""
+    from rclpy.exceptions import InvalidHandle
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from lsea_monitor.node import MAX_CONSECUTIVE_INVALID_HANDLES, spin_until_shutdown
+
+    def setup() -> tuple[Any, Any, Any, list[int]]:
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, domain_id=ros_domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("spin_probe", context=ctx)
+        waitable = _FailingWaitable.make(node.default_callback_group, failures)
+        node.add_waitable(waitable)
+        ticks: list[int] = []
+        node.create_timer(0.05, lambda: ticks.append(1))
+        executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+        executor.add_node(node)
+        return ctx, node, executor, ticks
+
+    ctx, node, executor, ticks = setup()
+    outcome: dict[str, Any] = {}
+
+    def spin() -> None:
+        try:
+            outcome["survived"] = spin_until_shutdown(executor)
+        except BaseException as exc:  # noqa: BLE001
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(ticks) < 5 and "error" not in outcome and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        executor.shutdown(timeout_sec=5)
+        rclpy.try_shutdown(context=ctx)
+        thread.join(timeout=10)
+        node.destroy_node()
+    if failures > MAX_CONSECUTIVE_INVALID_HANDLES:
+        assert isinstance(outcome.get("error"), InvalidHandle)
+        return
+    assert "error" not in outcome and len(ticks) >= 5  # timers kept firing after the failures
+    assert outcome["survived"] == failures
+    if failures:  # control: rclpy's own spin() ends on the first one
+        ctx, node, executor, _ = setup()
+        try:
+            with pytest.raises(InvalidHandle):
+                executor.spin()
+        finally:
+            executor.shutdown(timeout_sec=5)
+            rclpy.try_shutdown(context=ctx)
+            node.destroy_node()
