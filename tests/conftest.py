@@ -38,7 +38,6 @@ def ros_env(ros_domain_id: int) -> dict[str, str]:
     return env
 
 
-
 @pytest.fixture
 def process_env(ros_env: dict[str, str]) -> dict[str, str]:
     """The environment ``start_process`` gives its children (a folder's conftest may override it)."""
@@ -72,6 +71,7 @@ def start_process(process_env: dict[str, str], tmp_path: Path) -> Iterator[Calla
                 errors.append(exc)
         if errors:
             raise errors[0]
+
 
 # --- a real, small monitor: trained checkpoint + calibrated artefact --------------------------
 from dataclasses import dataclass  # noqa: E402
