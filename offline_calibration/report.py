@@ -36,8 +36,8 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]], columns: tuple[str, .
     return head + body
 
 
-def _num(value: Any, digits: int) -> str:
-    return value if isinstance(value, str) else f"{value:.{digits}f}"
+def _num(value: float, digits: int) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.{digits}f}"
 
 
 def segmentation_section(report: dict[str, Any]) -> list[str]:
@@ -62,7 +62,7 @@ def segmentation_section(report: dict[str, Any]) -> list[str]:
                f"{q['pixel_accuracy_drop']:.3f} | {100 * q['hurt_fraction']:.0f} % | "
                f"{detection.get(name, {}).get('auroc', float('nan')):.3f} |")
         if by_harm:
-            h = {k: ("n/a" if isinstance(v, float) and np.isnan(v) else v) for k, v in by_harm[name].items()}
+            h = by_harm[name]
             row += (f" {_num(h['auroc_hurt'], 3)} / {_num(h['auroc_unhurt'], 3)} ({h['n_hurt']} / {h['n_unhurt']}"
                     f" images) | {_num(h['tpr_hurt'], 2)} / {_num(h['tpr_unhurt'], 2)} |")
         lines.append(row)
