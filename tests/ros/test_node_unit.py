@@ -161,44 +161,41 @@ def test_two_threads_stopping_at_once_both_finish(running: dict[str, Any]) -> No
     assert not errors and node._worker is None and all(not t.is_alive() for t in threads)
 
 
-class _FailingWaitable:
+def failing_waitable(callback_group: Any, failures: int) -> Any:
     """A waitable whose first ``failures`` wait-set registrations raise InvalidHandle, as a
     subscription's QoS event handler does when a transition destroys it meanwhile (rclpy#1284)."""
+    from rclpy.exceptions import InvalidHandle
+    from rclpy.waitable import NumberOfEntities, Waitable
 
-    @staticmethod
-    def make(callback_group: Any, failures: int) -> Any:
-        from rclpy.exceptions import InvalidHandle
-        from rclpy.waitable import NumberOfEntities, Waitable
+    class Failing(Waitable):
+        def __init__(self) -> None:
+            super().__init__(callback_group)
+            self.failures = failures
 
-        class Failing(Waitable):
-            def __init__(self) -> None:
-                super().__init__(callback_group)
-                self.failures = failures
+        def __enter__(self) -> None:
+            return None
 
-            def __enter__(self) -> None:
-                return None
+        def __exit__(self, *exc: Any) -> None:
+            return None
 
-            def __exit__(self, *exc: Any) -> None:
-                return None
+        def add_to_wait_set(self, wait_set: Any) -> None:
+            if self.failures > 0:
+                self.failures -= 1
+                raise InvalidHandle("cannot use Destroyable because destruction was requested")
 
-            def add_to_wait_set(self, wait_set: Any) -> None:
-                if self.failures > 0:
-                    self.failures -= 1
-                    raise InvalidHandle("cannot use Destroyable because destruction was requested")
+        def is_ready(self, wait_set: Any) -> bool:
+            return False
 
-            def is_ready(self, wait_set: Any) -> bool:
-                return False
+        def get_num_entities(self) -> NumberOfEntities:
+            return NumberOfEntities()
 
-            def get_num_entities(self) -> NumberOfEntities:
-                return NumberOfEntities()
+        def take_data(self) -> None:
+            return None
 
-            def take_data(self) -> None:
-                return None
+        async def execute(self, taken_data: Any) -> None:
+            return None
 
-            async def execute(self, taken_data: Any) -> None:
-                return None
-
-        return Failing()
+    return Failing()
 
 
 @pytest.mark.parametrize("failures", [0, 3, 10_000])
@@ -215,7 +212,7 @@ def test_spin_survives_an_entity_destroyed_while_the_wait_set_is_built(ros_domai
         ctx = rclpy.Context()
         rclpy.init(context=ctx, domain_id=ros_domain_id, signal_handler_options=SignalHandlerOptions.NO)
         node = rclpy.create_node("spin_probe", context=ctx)
-        waitable = _FailingWaitable.make(node.default_callback_group, failures)
+        waitable = failing_waitable(node.default_callback_group, failures)
         node.add_waitable(waitable)
         ticks: list[int] = []
         node.create_timer(0.05, lambda: ticks.append(1))
