@@ -84,8 +84,10 @@ class MonitorNode(LifecycleNode):
         self._lock = threading.Lock()  # hysteresis, publishers and _active
         # A lifecycle transition (executor thread) and shutdown (main thread) may both stop serving.
         self._stop_serving_lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the current worker's; every activation makes a new one
         self._worker: Optional[threading.Thread] = None
+        # A worker that did not stop at deactivate (a hung inference): no new one may start beside it.
+        self._stray_worker: Optional[threading.Thread] = None
         self._scorer: Optional[FrameScorer] = None
         self._channels: list[CameraChannel] = []  # one per camera while active
         self._active = False
@@ -116,13 +118,19 @@ class MonitorNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.params
+        if self._stray_worker is not None and self._stray_worker.is_alive():
+            # Two workers would share the scorer (not thread-safe) and the old one's verdicts would
+            # land on the new channels.
+            return self._fail("activate", "the inference worker of the previous activation is still running (its "
+                              "inference hung at deactivate); restart the node")
         now_ns = time.monotonic_ns()
         self._channels = [CameraChannel(cam, self._new_hysteresis(), Watchdog(now_ns))
                           for cam in parse_image_topics(p.image_topics)]
         self._slots = CameraSlots(len(self._channels))
-        self._stop.clear()
+        self._stop = stop = threading.Event()
         warmed, ready = {}, threading.Event()
-        self._worker = threading.Thread(target=self._work, args=(warmed, ready), name="lsea_monitor_worker", daemon=True)
+        self._worker = threading.Thread(target=self._work, args=(stop, warmed, ready), name="lsea_monitor_worker",
+                                        daemon=True)
         self._worker.start()
         ready.wait()
         if "error" in warmed:
@@ -180,13 +188,22 @@ class MonitorNode(LifecycleNode):
             if worker is not None:
                 worker.join(timeout=60.0)
                 if worker.is_alive():
-                    self.get_logger().error("The inference worker did not stop within 60 s; leaving it behind.")
+                    self._stray_worker = worker
+                    self.get_logger().error("The inference worker did not stop within 60 s (a hung inference); "
+                                            "leaving it behind: the node cannot be activated again until it returns.")
             self._stats.on_dropped(self._slots.clear())
+            now_ns = time.monotonic_ns()
             with self._lock:
-                for ch in self._channels:
+                for i, ch in enumerate(self._channels):
+                    if ch.verdict_pub is not None:
+                        # Fail closed for consumers that keep the last value: the monitor stops judging.
+                        self._publish_verdict(ch, Header(stamp=self.get_clock().now().to_msg()),
+                                              FrameScore.invalid("not monitoring: the node was deactivated"), NAN, NAN)
                     for pub in (p for p in (ch.verdict_pub, ch.ood_pub) if p is not None):
                         self.destroy_publisher(pub)
                     ch.verdict_pub = ch.ood_pub = None
+                    ch.watchdog.reset(now_ns)  # not stale: not monitoring (health says which)
+                    ch.invalid_streak = 0
 
     @property
     def status_prefix(self) -> str:
@@ -215,14 +232,14 @@ class MonitorNode(LifecycleNode):
         if self._slots.put(camera, Frame(msg.header, rgb, recv_ns)):
             self._stats.on_dropped()
 
-    def _work(self, warmed: dict[str, str], ready: threading.Event) -> None:
+    def _work(self, stop: threading.Event, warmed: dict[str, str], ready: threading.Event) -> None:
         try:  # here, not in on_activate: compiled code and CUDA graphs belong to the thread that warmed them
             n = len(self._channels)
             self._scorer.warmup() if n == 1 else self._scorer.warmup(batch_sizes=range(1, n + 1))
         except Exception as err:  # noqa: BLE001 - reported by on_activate as a FAILURE
             warmed["error"] = _describe(err)
         ready.set()
-        while "error" not in warmed and not self._stop.is_set():
+        while "error" not in warmed and not stop.is_set():
             taken = self._slots.take_all(timeout_s=0.1, gather_s=self.params.batch_gather_ms / 1e3)
             if not taken:
                 continue
@@ -237,6 +254,8 @@ class MonitorNode(LifecycleNode):
                            self._scorer.score_images([f.rgb for f in frames], seeds=seeds))
             except Exception as err:  # noqa: BLE001 - contained: ERROR verdicts, flags raised, keep serving
                 results = [FrameScore.invalid(f"inference failed: {_describe(err)}")] * len(frames)
+            if stop.is_set():  # stopped while scoring (a deactivate waited for this pass): publish nothing
+                break
             inference_ms = (time.monotonic() - t0) * 1e3
             for (camera, frame), result in zip(taken, results):
                 if not result.valid:
@@ -244,9 +263,12 @@ class MonitorNode(LifecycleNode):
                 latency_ms = self._emit(camera, frame.header, result, frame.recv_ns, inference_ms)
                 self._stats.on_processed(time.monotonic(), latency_ms=latency_ms, inference_ms=inference_ms,
                                          error="" if result.valid else result.reason)
-            rate = self.params.max_rate_hz
-            if rate > 0:
-                self._stop.wait(max(0.0, t0 + 1.0 / rate - time.monotonic()))
+            while not stop.is_set():  # the rate limit, re-read so that a change applies at once
+                rate = self.params.max_rate_hz
+                left = t0 + 1.0 / rate - time.monotonic() if rate > 0 else 0.0
+                if left <= 0:
+                    break
+                stop.wait(min(left, 0.05))
 
     def _emit(self, camera: int, header: Header, result: FrameScore, recv_ns: Optional[int],
               inference_ms: float) -> float:
@@ -255,32 +277,49 @@ class MonitorNode(LifecycleNode):
             if not self._active:
                 return NAN
             ch = self._channels[camera]
-            flag = ch.hysteresis.update(result.is_ood) if result.valid else ch.hysteresis.force_raise()
-            latency_ms = NAN if recv_ns is None else (time.monotonic_ns() - recv_ns) / 1e6
-            s = self._scorer
-            msg = node_msgs.verdict_array(
-                header, name=ch.camera.status_name(self.status_prefix), hardware_id=str(s.device), flag=flag,
-                raw_is_ood=bool(result.is_ood), valid=result.valid, score=result.score, threshold=s.threshold,
-                latency_ms=latency_ms, inference_ms=inference_ms, mc_samples=s.mc_samples, reason=result.reason)
-            try:
-                ch.verdict_pub.publish(msg)
-                ch.ood_pub.publish(Bool(data=flag))
-            except Exception as err:  # noqa: BLE001 - e.g. the context is shutting down
-                self.get_logger().warning(f"Could not publish a verdict: {_describe(err)}", throttle_duration_sec=5.0)
+            now_ns = time.monotonic_ns()
+            latency_ms = NAN
+            if recv_ns is not None:  # a verdict for a frame (not the watchdog's)
+                latency_ms = (now_ns - recv_ns) / 1e6
+                ch.watchdog.on_verdict(now_ns, recv_ns)
+                ch.invalid_streak = 0 if result.valid else ch.invalid_streak + 1
+            self._publish_verdict(ch, header, result, latency_ms, inference_ms)
             return latency_ms
 
+    def _publish_verdict(self, ch: CameraChannel, header: Header, result: FrameScore, latency_ms: float,
+                         inference_ms: float) -> None:
+        """Update ``ch``'s hysteresis and publish its verdict and flag (caller holds ``_lock``)."""
+        flag = ch.hysteresis.update(result.is_ood) if result.valid else ch.hysteresis.force_raise()
+        s = self._scorer
+        msg = node_msgs.verdict_array(
+            header, name=ch.camera.status_name(self.status_prefix), hardware_id=str(s.device) if s else "",
+            flag=flag, raw_is_ood=bool(result.is_ood), valid=result.valid, score=result.score,
+            threshold=s.threshold if s else NAN, latency_ms=latency_ms, inference_ms=inference_ms,
+            mc_samples=s.mc_samples if s else self.params.mc_samples, reason=result.reason)
+        try:
+            ch.verdict_pub.publish(msg)
+            ch.ood_pub.publish(Bool(data=flag))
+        except Exception as err:  # noqa: BLE001 - e.g. the context is shutting down
+            self.get_logger().warning(f"Could not publish a verdict: {_describe(err)}", throttle_duration_sec=5.0)
+
     def _on_watchdog(self) -> None:
-        timeout_s = self.params.watchdog_timeout_s
+        timeout_s, stall_s = self.params.watchdog_timeout_s, self.params.inference_timeout_s
         for i, ch in enumerate(self._channels):
             now_ns = time.monotonic_ns()
-            action = ch.watchdog.check(now_ns, timeout_s)
+            action = ch.watchdog.check(now_ns, timeout_s, stall_s)
             if action == "cleared":
-                self.get_logger().info(f"Images are back on {ch.camera.topic}: the watchdog cleared.")
-            if action != "stale":
+                self.get_logger().info(f"Images and verdicts are back on {ch.camera.topic}: the watchdog cleared.")
+            if action not in ("stale", "stalled"):
                 continue
-            topic = ch.sub.topic_name if ch.sub else ch.camera.topic
-            reason = f"stale: no image on {topic} for {ch.watchdog.idle_s(now_ns):.1f} s " \
-                     f"(watchdog_timeout_s {timeout_s:g})"
+            sub = ch.sub  # read once: stop_serving may clear it meanwhile
+            topic = sub.topic_name if sub is not None else ch.camera.topic
+            if action == "stale":
+                reason = f"stale: no image on {topic} for {ch.watchdog.idle_s(now_ns):.1f} s " \
+                         f"(watchdog_timeout_s {timeout_s:g})"
+            else:
+                reason = f"stalled: images arrive on {topic} but none has got a verdict for " \
+                         f"{ch.watchdog.waiting_s(now_ns):.1f} s (inference_timeout_s {stall_s:g}): inference hung " \
+                         "or too slow"
             self._stats.on_stale(reason)
             self.get_logger().warning(reason, throttle_duration_sec=5.0)
             self._emit(i, Header(stamp=self.get_clock().now().to_msg()), FrameScore.invalid(reason), None, NAN)
@@ -291,10 +330,13 @@ class MonitorNode(LifecycleNode):
 
     def _publish_health(self) -> None:
         chans = list(self._channels)
+        subs = [c.sub for c in chans]  # read once: stop_serving may clear them meanwhile
         msg = node_msgs.health_array(
             self._stats.snapshot(time.monotonic()), name=f"{self.status_prefix}: health", state=self.state_label(),
-            stale=any(c.watchdog.stale for c in chans), scorer=self._scorer, mc_samples=self.params.mc_samples,
-            input_topic=",".join(c.sub.topic_name for c in chans if c.sub), extra=health_values(chans),
+            stale=any(c.watchdog.stale and not c.watchdog.stalled for c in chans),
+            stalled=any(c.watchdog.stalled for c in chans), invalid_streak=max((c.invalid_streak for c in chans), default=0),
+            scorer=self._scorer, mc_samples=self.params.mc_samples,
+            input_topic=",".join(sub.topic_name for sub in subs if sub is not None), extra=health_values(chans),
             flag=any(c.hysteresis.flag for c in chans) if chans else True)
         msg.header.stamp = self.get_clock().now().to_msg()
         with contextlib.suppress(Exception):  # shutting down

@@ -99,38 +99,64 @@ def image_topics_problems(entries: Iterable[str] | None) -> list[str]:
 
 
 class Watchdog:
-    """Input watchdog of one camera (times in ns from ``time.monotonic_ns``).
+    """Input and progress watchdog of one camera (times in ns from ``time.monotonic_ns``).
 
-    ``check`` says what to do now: ``"stale"`` (publish a stale verdict; repeated at most every
-    ``timeout_s`` and at least every second while no input comes), ``"cleared"`` (input is back
-    after a stale period) or ``""`` (nothing).
+    Two ways a camera's verdicts can stop while nothing else says so: no image arrives (``stale``,
+    after ``timeout_s``), or images arrive but no verdict follows (``stalled``, after
+    ``stall_timeout_s``: inference hung, e.g. on a wedged GPU, or slower than the timeout).
+    ``check`` says what to do now: ``"stale"`` or ``"stalled"`` (publish such a verdict; repeated at
+    most every ``min(timeout, 1 s)`` and at least every second while the condition lasts),
+    ``"cleared"`` (images or verdicts are back) or ``""`` (nothing). Thread-safe: the subscription
+    callbacks report input, the inference worker reports verdicts, a timer checks.
     """
 
     def __init__(self, now_ns: int) -> None:
+        self._lock = threading.Lock()
         self.reset(now_ns)
 
     def reset(self, now_ns: int) -> None:
-        self.last_input_ns = now_ns
-        self.stale = False
-        self._last_stale_ns = 0
+        with self._lock:
+            self.last_input_ns = now_ns
+            self.stale = False  #: stale or stalled: no verdict can be trusted to come
+            self.stalled = False
+            self._waiting_since_ns: Optional[int] = None  # input waiting for a verdict since then
+            self._last_stale_ns = 0
 
     def on_input(self, now_ns: int) -> None:
-        self.last_input_ns = now_ns
+        with self._lock:
+            self.last_input_ns = now_ns
+            if self._waiting_since_ns is None:
+                self._waiting_since_ns = now_ns
+
+    def on_verdict(self, now_ns: int, frame_recv_ns: int) -> None:
+        """A verdict for the frame received at ``frame_recv_ns`` went out at ``now_ns``."""
+        with self._lock:
+            # Newer frames came meanwhile: they wait from now on (the newest frame wins, so one
+            # verdict per inference pass is progress even when frames are dropped).
+            self._waiting_since_ns = now_ns if self.last_input_ns > frame_recv_ns else None
 
     def idle_s(self, now_ns: int) -> float:
         return (now_ns - self.last_input_ns) / 1e9
 
-    def check(self, now_ns: int, timeout_s: float) -> str:
-        idle_s = self.idle_s(now_ns)
-        if timeout_s <= 0 or idle_s <= timeout_s:
-            if self.stale:
-                self.stale = False
-                return "cleared"
-            return ""
-        if self.stale and (now_ns - self._last_stale_ns) / 1e9 < min(timeout_s, 1.0):
-            return ""
-        self.stale, self._last_stale_ns = True, now_ns
-        return "stale"
+    def waiting_s(self, now_ns: int) -> float:
+        """How long input has waited for a verdict (0 when nothing waits)."""
+        since = self._waiting_since_ns
+        return 0.0 if since is None else (now_ns - since) / 1e9
+
+    def check(self, now_ns: int, timeout_s: float, stall_timeout_s: float = 0.0) -> str:
+        with self._lock:
+            idle = timeout_s > 0 and self.idle_s(now_ns) > timeout_s
+            stalled = not idle and stall_timeout_s > 0 and self.waiting_s(now_ns) > stall_timeout_s
+            if not (idle or stalled):
+                if self.stale:
+                    self.stale = self.stalled = False
+                    return "cleared"
+                return ""
+            period_s = min(timeout_s if idle else stall_timeout_s, 1.0)
+            if self.stale and self.stalled == stalled and (now_ns - self._last_stale_ns) / 1e9 < period_s:
+                return ""
+            self.stale, self.stalled, self._last_stale_ns = True, stalled, now_ns
+            return "stalled" if stalled else "stale"
 
 
 @dataclass
@@ -143,6 +169,7 @@ class CameraChannel:
     sub: Any = None
     verdict_pub: Any = None
     ood_pub: Any = None
+    invalid_streak: int = 0  #: frames in a row that could not be judged (rejected or inference failed)
 
 
 class CameraSlots(Generic[T]):
@@ -209,6 +236,8 @@ def health_values(channels: Sequence[CameraChannel]) -> dict[str, str]:
         return {}
     return {
         "cameras": ",".join(c.camera.name for c in channels),
-        "stale_cameras": ",".join(c.camera.name for c in channels if c.watchdog.stale),
+        "stale_cameras": ",".join(c.camera.name for c in channels if c.watchdog.stale and not c.watchdog.stalled),
+        "stalled_cameras": ",".join(c.camera.name for c in channels if c.watchdog.stalled),
+        "unjudged_cameras": ",".join(c.camera.name for c in channels if c.invalid_streak > 0),
         "flagged_cameras": ",".join(c.camera.name for c in channels if c.hysteresis is None or c.hysteresis.flag),
     }

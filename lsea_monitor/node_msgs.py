@@ -58,16 +58,23 @@ def verdict_array(header: Any, *, name: str, hardware_id: str, flag: bool, raw_i
 
 
 def health_array(snap: Any, *, name: str, state: str, stale: bool, scorer: Any, mc_samples: int,
-                 input_topic: str, flag: bool, extra: Mapping[str, Any] | None = None) -> DiagnosticArray:
+                 input_topic: str, flag: bool, stalled: bool = False, invalid_streak: int = 0,
+                 extra: Mapping[str, Any] | None = None) -> DiagnosticArray:
     """Node health from a :class:`~lsea_monitor.node_stats.HealthSnapshot` (header stamp left to the caller).
 
-    Level: ERROR while the input is stale (any camera's), WARN when not active (not monitoring),
-    else OK. ``extra``: more key-values (the cameras of a multi-camera node).
+    Level: ERROR while the input is stale or inference has stalled (any camera's), WARN when not
+    active (not monitoring), ERROR when the newest frame of some camera could not be judged
+    (``invalid_streak`` frames in a row: rejected images, failed inference), else OK. ``extra``:
+    more key-values (the cameras of a multi-camera node).
     """
     if stale:
         level, message = ERROR, "stale input: no images within watchdog_timeout_s"
+    elif stalled:
+        level, message = ERROR, "inference stalled: images arrive but no verdict within inference_timeout_s"
     elif state != "active":
         level, message = WARN, f"not monitoring (lifecycle state {state})"
+    elif invalid_streak > 0:
+        level, message = ERROR, f"not judging: the last {invalid_streak} frame(s) got no verdict ({snap.last_error})"
     else:
         level, message = OK, "monitoring"
     s = scorer
@@ -75,7 +82,7 @@ def health_array(snap: Any, *, name: str, state: str, stale: bool, scorer: Any, 
         "lifecycle_state": state, "input_topic": input_topic,
         "input_rate_hz": round(snap.input_rate_hz, 3), "processed_rate_hz": round(snap.processed_rate_hz, 3),
         "received": snap.received, "processed": snap.processed, "dropped": snap.dropped, "rejected": snap.rejected,
-        "errors": snap.errors, "stale_verdicts": snap.stale,
+        "errors": snap.errors, "stale_verdicts": snap.stale, "unjudged_in_a_row": invalid_streak,
         "latency_p50_ms": round(snap.latency_p50_ms, 3), "latency_p99_ms": round(snap.latency_p99_ms, 3),
         "inference_p50_ms": round(snap.inference_p50_ms, 3), "inference_p99_ms": round(snap.inference_p99_ms, 3),
         "device": str(s.device) if s else "", "model_id": s.model_id if s else "",

@@ -80,6 +80,9 @@ SPECS: tuple[ParamSpec, ...] = (
               1, 1000),
     ParamSpec("watchdog_timeout_s", "watchdog_timeout_s", 1.0, "No image for this long -> stale ERROR verdicts and "
               "the flag raised; 0 disables the watchdog (not for a vehicle).", LIVE, 0.0, 3600.0),
+    ParamSpec("inference_timeout_s", "inference_timeout_s", 2.0, "Images arrive but none has got a verdict for "
+              "this long (inference hung or slower than this) -> stalled ERROR verdicts and the flag raised; 0 "
+              "disables the check (not for a vehicle).", LIVE, 0.0, 3600.0),
     ParamSpec("qos.reliability", "qos_reliability", "best_effort", "Reliability of the image subscription.", ACTIVATE,
               choices=("best_effort", "reliable")),
     ParamSpec("qos.depth", "qos_depth", 1, "History depth of the image subscription.", ACTIVATE, 1, 100),
@@ -115,6 +118,7 @@ class MonitorParams:
     window: int = 5
     clear_after: int = 5
     watchdog_timeout_s: float = 1.0
+    inference_timeout_s: float = 2.0
     qos_reliability: str = "best_effort"
     qos_depth: int = 1
     diagnostics_period_s: float = 1.0
@@ -156,6 +160,9 @@ def problems(p: MonitorParams) -> list[str]:
             out.append(f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}")
     if not _DEVICE_RE.match(p.device):
         out.append(f"device must be auto, cpu, cuda or cuda:N, got {p.device!r}")
+    if p.max_rate_hz > 0 and p.inference_timeout_s > 0 and 1.0 / p.max_rate_hz >= p.inference_timeout_s:
+        out.append(f"max_rate_hz ({p.max_rate_hz:g}) must be 0 or above 1 / inference_timeout_s "
+                   f"({1.0 / p.inference_timeout_s:g} Hz): frames would wait for a verdict past the timeout")
     if p.raise_after > p.window:
         out.append(f"hysteresis.raise_after ({p.raise_after}) must not exceed hysteresis.window ({p.window})")
     if not isinstance(p.image_topics, tuple) or not all(isinstance(t, str) for t in p.image_topics):

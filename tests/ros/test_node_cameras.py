@@ -77,6 +77,32 @@ def test_watchdog_goes_stale_repeats_and_clears() -> None:
     assert slow.idle_s(int(7.1 * s)) == pytest.approx(7.1)
 
 
+def test_watchdog_goes_stalled_when_images_wait_for_a_verdict_and_clears_on_progress() -> None:
+    s = 1_000_000_000
+    wd = Watchdog(now_ns=0)
+    for t in (0.1, 0.2, 0.3):  # frames keep coming; a verdict for the first at 0.35 s, then none
+        wd.on_input(int(t * s))
+    wd.on_verdict(int(0.35 * s), frame_recv_ns=int(0.1 * s))  # newer frames wait from 0.35 s on
+    assert wd.waiting_s(int(1.35 * s)) == pytest.approx(1.0)
+    assert wd.check(int(1.3 * s), timeout_s=1.0, stall_timeout_s=2.0) == ""
+    for t in range(4, 24):  # images every 0.1 s up to 2.4 s: never stale, but nothing judged
+        wd.on_input(int(t * 0.1 * s))
+    assert wd.check(int(2.4 * s), timeout_s=1.0, stall_timeout_s=2.0) == "stalled" and wd.stale and wd.stalled
+    assert wd.check(int(2.5 * s), timeout_s=1.0, stall_timeout_s=2.0) == ""  # not again within min(2 s, 1 s)
+    assert wd.check(int(3.4 * s), timeout_s=10.0, stall_timeout_s=2.0) == "stalled"
+    wd.on_verdict(int(3.5 * s), frame_recv_ns=int(2.3 * s))  # progress: the newest frame was judged
+    assert wd.waiting_s(int(3.6 * s)) == 0.0
+    assert wd.check(int(3.6 * s), timeout_s=10.0, stall_timeout_s=2.0) == "cleared" and not wd.stalled
+    # A frame judged as slowly as the timeout allows, one at a time, is progress, not a stall.
+    wd.on_input(int(4.0 * s))
+    wd.on_verdict(int(5.9 * s), frame_recv_ns=int(4.0 * s))
+    assert wd.check(int(7.0 * s), timeout_s=10.0, stall_timeout_s=2.0) == ""
+    # 0 disables the stall check; no input at all is stale (not stalled) even with a frame waiting.
+    wd.on_input(int(8.0 * s))
+    assert wd.check(int(20.0 * s), timeout_s=0.0, stall_timeout_s=0.0) == ""
+    assert wd.check(int(20.0 * s), timeout_s=1.0, stall_timeout_s=2.0) == "stale" and not wd.stalled
+
+
 def test_slots_keep_the_newest_frame_of_each_camera() -> None:
     slots: CameraSlots[str] = CameraSlots(3)
     assert slots.put(0, "a1") is False
@@ -118,7 +144,12 @@ def test_health_values_only_for_named_cameras() -> None:
     b = CameraChannel(Camera("b", "/b/image"), None, Watchdog(0))
     a.hysteresis.update(False)
     b.watchdog.check(5_000_000_000, timeout_s=1.0)
-    assert health_values([a, b]) == {"cameras": "a,b", "stale_cameras": "b", "flagged_cameras": "b"}
+    a.invalid_streak = 2
+    assert health_values([a, b]) == {"cameras": "a,b", "stale_cameras": "b", "stalled_cameras": "",
+                                     "unjudged_cameras": "a", "flagged_cameras": "b"}
+    a.watchdog.on_input(0)
+    a.watchdog.check(5_000_000_000, timeout_s=10.0, stall_timeout_s=1.0)
+    assert health_values([a, b])["stalled_cameras"] == "a" and health_values([a, b])["stale_cameras"] == "b"
 
 
 def test_node_parameters_for_cameras_and_speed() -> None:
@@ -133,4 +164,14 @@ def test_node_parameters_for_cameras_and_speed() -> None:
     assert two.image_topics == ("a=/x/image", "b=/y/image") and node_params.problems(two) == []
     assert "duplicate camera name" in node_params.problems(p.replace({"image_topics": ["/x/image", "/x/image_raw"]}))[0]
     assert "list of strings" in node_params.problems(p.replace({"image_topics": [1, 2]}))[0]
+
+
+def test_rate_limit_must_leave_frames_judged_within_the_inference_timeout() -> None:
+    from lsea_monitor import node_params
+
+    p = node_params.MonitorParams()
+    assert p.inference_timeout_s == 2.0 and node_params.problems(p.replace({"max_rate_hz": 0.6})) == []
+    (problem,) = node_params.problems(p.replace({"max_rate_hz": 0.5}))
+    assert "max_rate_hz (0.5) must be 0 or above 1 / inference_timeout_s (0.5 Hz)" in problem
+    assert node_params.problems(p.replace({"max_rate_hz": 0.001, "inference_timeout_s": 0.0})) == []
     assert node_params.descriptor(node_params.BY_NAME["image_topics"]).dynamic_typing

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.ros
 
 
 class ScriptedScorer:
-    """Stands in for FrameScorer: frame_id 'boom' raises, 'ood' scores 2.0, anything else 0.0."""
+    """Stands in for FrameScorer; the first pixel says what to do: 255 raises, 200 scores 2.0 (OoD),
+    150 hangs until ``release`` is set, anything else scores 0.0."""
 
     device, threshold, mc_samples, model_id, artefact_id = "cpu", 1.0, 4, "m" * 12, "a" * 12
     frame_seed = staticmethod(frame_seed)  # an artefact without a common seed: seeds from the stamps
@@ -32,6 +33,7 @@ class ScriptedScorer:
     def __init__(self) -> None:
         self.next_kind = "ind"
         self.calls = 0
+        self.release = threading.Event()
 
     def warmup(self) -> None:
         pass
@@ -41,6 +43,8 @@ class ScriptedScorer:
         kind = images[0][0, 0, 0]  # the test encodes the kind in the first pixel
         if kind == 255:
             raise RuntimeError("boom")
+        if kind == 150:  # a hung inference (a wedged GPU, a deadlock)
+            self.release.wait(timeout=60)
         score = 2.0 if kind == 200 else 0.0
         return [FrameScore(score=score, is_ood=score > self.threshold, valid=True)]
 
@@ -51,18 +55,48 @@ def running(ros_domain_id: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
                  "hysteresis.clear_after": 1, "qos.reliability": "reliable", "diagnostics_period_s": 0.2}
     subscribe = {"verdicts": (DiagnosticArray, "/unit/lsea_monitor/verdict"), "flags": (Bool, "/unit/lsea_monitor/ood"),
                  "health": (DiagnosticArray, "/diagnostics")}
-    with node_in_process(ScriptedScorer(), monkeypatch, ros_domain_id, "unit", overrides, subscribe,
-                         publish={"image": "/unit/image"}) as got:
-        got["pub"] = got["pubs"]["image"]
-        yield got
+    scorer = ScriptedScorer()
+    try:
+        with node_in_process(scorer, monkeypatch, ros_domain_id, "unit", overrides, subscribe,
+                             publish={"image": "/unit/image"}) as got:
+            got["pub"] = got["pubs"]["image"]
+            yield got
+    finally:
+        scorer.release.set()
 
 
-def frame(kind: int, sec: int) -> Image:
+def frame(kind: int, sec: int, encoding: str = "rgb8") -> Image:
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[0, 0, 0] = kind
-    msg = Image(height=8, width=8, encoding="rgb8", step=24, data=rgb.tobytes())
+    msg = Image(height=8, width=8, encoding=encoding, step=24, data=rgb.tobytes())
     msg.header.stamp.sec, msg.header.frame_id = sec, f"k{kind}"
     return msg
+
+
+def reasons(got: dict[str, Any], prefix: str) -> list[Any]:
+    with got["lock"]:
+        return [v for v in got["verdicts"]
+                if any(kv.key == "reason" and kv.value.startswith(prefix) for kv in v.status[0].values)]
+
+
+def last_health(got: dict[str, Any]) -> Any:
+    """The newest health status of the node under test (None before the first)."""
+    with got["lock"]:
+        health = [h.status[0] for h in got["health"] if h.status[0].name == "unit/lsea_monitor: health"]
+    return health[-1] if health else None
+
+
+def health_says(got: dict[str, Any], message_prefix: str) -> bool:
+    health = last_health(got)
+    return health is not None and health.message.startswith(message_prefix)
+
+
+def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
 
 
 def verdict_for(got: dict[str, Any], sec: int, timeout_s: float = 10.0) -> dict[str, str]:
@@ -254,3 +288,90 @@ def test_spin_survives_an_entity_destroyed_while_the_wait_set_is_built(ros_domai
             executor.shutdown(timeout_sec=5)
             rclpy.try_shutdown(context=ctx)
             node.destroy_node()
+
+
+def test_a_hung_inference_gives_stalled_verdicts_and_health_error_then_recovers(running: dict[str, Any]) -> None:
+    """Images keep arriving (so the input watchdog is quiet) but the worker is stuck in a pass:
+    the consumer must not keep reading the last 'in distribution'."""
+    node, pub = running["node"], running["pub"]
+    node.set_parameters([Parameter("inference_timeout_s", value=0.5)])
+    pub.publish(frame(0, 1))
+    assert verdict_for(running, 1)["is_ood"] == "false"
+    pub.publish(frame(150, 2))  # hangs
+    for i in range(15):  # 10 Hz for 1.5 s
+        time.sleep(0.1)
+        pub.publish(frame(0, 10 + i))
+    wait_for(lambda: len(reasons(running, "stalled")) >= 1)
+    (stalled, *_) = reasons(running, "stalled")
+    values = {kv.key: kv.value for kv in stalled.status[0].values}
+    assert stalled.status[0].level == b"\x02" and values["is_ood"] == "true" and values["valid"] == "false"
+    assert "none has got a verdict" in values["reason"] and "inference_timeout_s 0.5" in values["reason"]
+    with running["lock"]:
+        assert running["flags"][-1].data is True
+    wait_for(lambda: health_says(running, "inference stalled"), 3.0)
+    assert last_health(running).level == b"\x02"
+    running["scorer"].release.set()  # the pass returns: verdicts again, the watchdog clears
+    pub.publish(frame(0, 40))
+    assert verdict_for(running, 40)["is_ood"] == "false"  # clear_after 1
+    wait_for(lambda: health_says(running, "monitoring"), 3.0)
+
+
+def test_frames_that_cannot_be_judged_make_health_error_until_one_can(running: dict[str, Any]) -> None:
+    """A camera on an unsupported encoding: every verdict is an ERROR, and so is the node's health."""
+    pub = running["pub"]
+    for i in range(3):  # one at a time: the node's subscription keeps only the newest (depth 1)
+        pub.publish(frame(0, 60 + i, encoding="bgra8"))
+        assert verdict_for(running, 60 + i)["valid"] == "false"
+    wait_for(lambda: health_says(running, "not judging: the last 3 frame(s)"), 3.0)
+    health = last_health(running)
+    values = {kv.key: kv.value for kv in health.values}
+    assert health.level == b"\x02"
+    assert health.message.startswith("not judging: the last 3 frame(s) got no verdict (rejected image:")
+    assert values["unjudged_in_a_row"] == "3" and values["rejected"] == "3"
+    pub.publish(frame(0, 70))
+    assert verdict_for(running, 70)["valid"] == "true"
+    wait_for(lambda: health_says(running, "monitoring"), 3.0)
+
+
+def test_lifting_the_rate_limit_applies_at_once(running: dict[str, Any]) -> None:
+    node, pub = running["node"], running["pub"]
+    node.set_parameters([Parameter("max_rate_hz", value=0.6)])  # the worker then rests 1.7 s after a frame
+    pub.publish(frame(0, 80))
+    verdict_for(running, 80)
+    assert node.set_parameters([Parameter("max_rate_hz", value=0.0)])[0].successful
+    t0 = time.monotonic()
+    pub.publish(frame(0, 81))
+    verdict_for(running, 81)
+    assert time.monotonic() - t0 < 1.2  # not the rest of the old 1.7 s period
+    (refused,) = node.set_parameters([Parameter("max_rate_hz", value=0.4)])
+    assert not refused.successful and "inference_timeout_s" in refused.reason
+
+
+def test_deactivate_publishes_a_last_not_monitoring_verdict_and_a_raised_flag(running: dict[str, Any]) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node, pub = running["node"], running["pub"]
+    pub.publish(frame(0, 90))
+    assert verdict_for(running, 90)["is_ood"] == "false"
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    wait_for(lambda: reasons(running, "not monitoring"), 3.0)
+    (last,) = reasons(running, "not monitoring")
+    assert last.status[0].level == b"\x02"
+    wait_for(lambda: running["flags"][-1].data is True, 3.0)
+    wait_for(lambda: health_says(running, "not monitoring (lifecycle state inactive)"), 3.0)
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # serves again
+
+
+def test_activate_is_refused_while_a_hung_worker_from_before_is_still_running(running: dict[str, Any]) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node = running["node"]
+    stray = threading.Thread(target=running["scorer"].release.wait, args=(60,), daemon=True)
+    stray.start()
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    node._stray_worker = stray  # as stop_serving leaves a worker that did not stop within 60 s
+    assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
+    assert "previous activation is still running" in node._stats.snapshot(time.monotonic()).last_error
+    running["scorer"].release.set()
+    stray.join(timeout=5)
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
