@@ -219,9 +219,11 @@ def entropy_per_dim_device(samples: torch.Tensor, k: int | None = None, min_dist
 
 
 #: Distances are multiplied in groups of this size before one log per group (log is the costly
-#: op); with distances in [min_dist, _PRODUCT_SAFE_MAX] a group's product stays a normal float64.
+#: op); with distances in [_PRODUCT_SAFE_MIN, _PRODUCT_SAFE_MAX] a group's product stays a normal
+#: float64 (16 x 18 decades either way); outside, e.g. with a tiny ``min_dist``, one log each.
 _LOG_GROUP = 16
 _PRODUCT_SAFE_MAX = 1e18
+_PRODUCT_SAFE_MIN = 1e-18
 
 
 def _entropy_per_dim_cpu(x: np.ndarray, k: int, min_dist: float) -> np.ndarray:
@@ -248,7 +250,7 @@ def _entropy_per_dim_cpu(x: np.ndarray, k: int, min_dist: float) -> np.ndarray:
         np.maximum(left, right, out=left)
         np.minimum(best, left, out=best)
     np.maximum(best, min_dist, out=best)
-    if float(best.max()) < _PRODUCT_SAFE_MAX:
+    if _PRODUCT_SAFE_MIN < float(best.min()) and float(best.max()) < _PRODUCT_SAFE_MAX:
         log_sum = np.zeros(best.shape[:-2] + best.shape[-1:])
         for start in range(0, m, _LOG_GROUP):
             log_sum += np.log(np.prod(best[..., start : start + _LOG_GROUP, :], axis=-2))

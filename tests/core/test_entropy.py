@@ -181,6 +181,17 @@ def test_constant_column_value() -> None:
     assert h[0] == pytest.approx(digamma(8) - digamma(3) + math.log(2e-5), abs=1e-12)
 
 
+@pytest.mark.parametrize("min_dist", [1e-20, 1e-25, 1e-300])
+def test_tiny_min_dist_does_not_underflow(min_dist: float) -> None:
+    """The CPU path multiplies distances in groups before one log: tiny floors must not underflow."""
+    x = np.zeros((20, 2))
+    x[:, 1] = np.linspace(0, 1, 20)  # column 0 constant: every distance is min_dist
+    expected = [continuous.get_h(x[:, c], k=5, norm="max", min_dist=min_dist) for c in range(2)]
+    np.testing.assert_allclose(entropy_per_dim(x, min_dist=min_dist), expected, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(entropy_per_dim(torch.from_numpy(x), min_dist=min_dist).numpy(), expected,
+                               rtol=1e-12, atol=0)
+
+
 # ---------------------------------------------------------------- errors
 
 
