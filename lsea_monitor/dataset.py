@@ -56,6 +56,8 @@ def as_feature_matrix(
         )
     if arr.shape[0] == 0:
         raise InputValidationError(f"{name} has no samples (shape {arr.shape}).")
+    if arr.shape[1] == 0:
+        raise InputValidationError(f"{name} has no features (shape {arr.shape}).")
     if n_features is not None and arr.shape[1] != n_features:
         raise InputValidationError(
             f"{name} has {arr.shape[1]} features but {n_features} were {expected_source}; "

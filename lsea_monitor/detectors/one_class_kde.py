@@ -33,7 +33,8 @@ class OneClassKDE(OODDetector):
         Kernel bandwidth, in feature units.
     kernel : str, default "gaussian"
         A :class:`sklearn.neighbors.KernelDensity` kernel. With a compact kernel, samples outside
-        the support score ``+inf`` (always flagged).
+        the support score the largest finite float64 (always flagged; finite so that thresholds
+        and metrics can use it).
     target_ind_tpr : float, default 0.95
         Fraction of the InD training samples accepted by the default threshold.
 
@@ -84,7 +85,8 @@ class OneClassKDE(OODDetector):
         self.n_features_in_ = int(x.shape[1])
 
     def _score(self, x: np.ndarray) -> np.ndarray:
-        return -self.kde_.score_samples(x)
+        # Zero density (outside a compact kernel's support) is -inf log density: the largest finite score.
+        return np.minimum(-self.kde_.score_samples(x), np.finfo(np.float64).max)
 
     @property
     def supports_torch(self) -> bool:

@@ -15,6 +15,7 @@ from sklearn.neighbors import KernelDensity
 
 from lsea_monitor.detectors import DETECTORS, KDEClassifier, MahalanobisDetector, OneClassKDE, OODDetector
 from lsea_monitor.errors import InputValidationError, NotFittedError
+from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.threshold import select_threshold
 
 ALL = [KDEClassifier, OneClassKDE, MahalanobisDetector]
@@ -87,6 +88,16 @@ def test_one_class_kde_is_negative_log_density_of_ind() -> None:
     slow = -_gaussian_log_density(x_new, x[y == 0], 0.7)
     np.testing.assert_allclose(det.score_samples(x_new), slow, atol=1e-9)
     assert det.threshold_ == select_threshold(-_gaussian_log_density(x[y == 0], x[y == 0], 0.7), 0.95)
+
+
+def test_one_class_kde_outside_compact_support_is_the_largest_finite_score() -> None:
+    x, y = _blobs(4)
+    det = OneClassKDE(bandwidth=0.5, kernel="tophat").fit(x[y == 0])
+    far, near = np.full((1, 5), 100.0), x[y == 0][:1]
+    scores = det.score_samples(np.vstack([near, far]))
+    assert np.isfinite(scores).all() and scores[1] == np.finfo(np.float64).max and scores[0] < scores[1]
+    assert det.predict(far)[0] == 1
+    assert ood_metrics(scores, [0, 1])["auroc"] == 1.0  # usable by the metrics (they refuse inf)
 
 
 def test_mahalanobis_matches_empirical_covariance() -> None:
@@ -199,6 +210,8 @@ def test_fit_input_errors(cls: type[OODDetector]) -> None:
     x_nan[3, 3] = np.nan
     with pytest.raises(InputValidationError, match="non-finite"):
         cls().fit(x_nan, y)
+    with pytest.raises(InputValidationError, match=r"has no features \(shape \(200, 0\)\)"):
+        cls().fit(x[:, :0], y)
 
 
 @pytest.mark.parametrize("cls", ALL)
