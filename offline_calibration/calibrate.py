@@ -32,7 +32,13 @@ from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.preprocessing import Preprocessing
 from lsea_monitor.threshold import select_threshold
 from offline_calibration.config import CalibrationConfig, load_config
-from offline_calibration.extraction import FeatureCache, LatentExtractionModule, ScoreExtractionModule, extract_set
+from offline_calibration.extraction import (
+    FeatureCache,
+    LatentExtractionModule,
+    ScoreExtractionModule,
+    extract_set,
+    image_list_digest,
+)
 
 DETECTOR_NAMES = ("kde_classifier", "one_class_kde", "mahalanobis")
 
@@ -58,6 +64,14 @@ def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_i
 
         sets["test/soiling"] = WoodScapeSoilingDataset(d.root, "test", preprocessing, max_images=limit)
     return sets
+
+
+def set_cache(cfg: CalibrationConfig, group: str, set_name: str, dataset: Any, key: dict[str, Any]) -> FeatureCache:
+    """The cache of one image set: ``<cache_dir>/<group>/<split>-<set>``, keyed by ``key``, the set's
+    name and the digest of its file list (:func:`~offline_calibration.extraction.image_list_digest`:
+    entries are addressed by position, so an image added, removed or rewritten must not reuse them)."""
+    return FeatureCache(Path(cfg.cache_dir) / group / set_name.replace("/", "-"),
+                        {**key, "set": set_name, "images": image_list_digest(dataset)})
 
 
 def random_kind_per_image(kinds: list[str], n: int, seed: int, split: str) -> np.ndarray:
@@ -217,15 +231,17 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
     module = LatentExtractionModule(model, layer=cfg.model.layer, mc_samples=s.mc_samples, strategy=s.strategy,
                                     entropy_k=s.entropy_k or None, precision=s.precision, seed=s.seed,
                                     common_seed=mc_seed)
-    cache_key = {"seed": s.seed, "mc_seeding": s.mc_seeding, "checkpoint_sha256": checkpoint_sha, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
-                 "entropy_k": s.entropy_k, "precision": s.precision, "preprocessing": preprocessing.to_dict(),
-                 "dataset_root": d.root, "anomaly_seed": d.anomaly_seed, "max_images": d.max_images}
+    cache_key = {"seed": s.seed, "mc_seeding": s.mc_seeding, "checkpoint_sha256": checkpoint_sha,
+                 "model_class": cfg.model.model_class, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
+                 "strategy": s.strategy, "entropy_k": s.entropy_k, "precision": s.precision,
+                 "preprocessing": preprocessing.to_dict(), "dataset_root": d.root, "anomaly_seed": d.anomaly_seed,
+                 "max_images": d.max_images}
     run_kw = dict(batch_size=s.batch_size, num_workers=s.num_workers, accelerator=s.accelerator, devices=s.devices,
                   strategy=s.ddp_strategy, progress=progress)
     features: dict[str, dict[str, np.ndarray]] = {}
     timing: dict[str, float] = {}
     for set_name, dataset in build_image_sets(cfg, preprocessing).items():
-        cache = FeatureCache(Path(cfg.cache_dir) / "latent" / set_name.replace("/", "-"), {**cache_key, "set": set_name})
+        cache = set_cache(cfg, "latent", set_name, dataset, cache_key)
         log(f"[lsea-calibrate] latent entropy, {set_name}: {len(dataset)} images")
         t0 = time.perf_counter()
         features[set_name] = extract_set(dataset, cache, module, **run_kw)
@@ -238,9 +254,8 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
         for set_name, dataset in b_sets.items():
             if set_name.startswith("val/") and set_name != "val/ind":
                 continue  # baselines need no OoD for fitting: validation InD sets their threshold
-            cache = FeatureCache(Path(cfg.cache_dir) / "baselines" / set_name.replace("/", "-"),
-                                 {**cache_key, "set": set_name, "baseline_mc": b_cfg.mc_samples,
-                                  "max_images": b_cfg.max_images})
+            cache = set_cache(cfg, "baselines", set_name, dataset,
+                              {**cache_key, "baseline_mc": b_cfg.mc_samples, "max_images": b_cfg.max_images})
             log(f"[lsea-calibrate] pytorch-ood baselines, {set_name}: {len(dataset)} images")
             t0 = time.perf_counter()
             baseline_scores[set_name] = extract_set(dataset, cache, b_module, **run_kw)
@@ -356,8 +371,8 @@ def segmentation_under_anomalies(cfg: CalibrationConfig, model: torch.nn.Module,
                                               return_labels=True).items():
         if set_name == "test/soiling":
             continue  # not an altered copy of the clean images
-        cache = FeatureCache(Path(cfg.cache_dir) / "segmentation" / set_name.replace("/", "-"),
-                             {**cache_key, "set": set_name, "max_images": limit, "ignore_index": ignore_index})
+        cache = set_cache(cfg, "segmentation", set_name, dataset,
+                          {**cache_key, "max_images": limit, "ignore_index": ignore_index})
         log(f"[lsea-calibrate] segmentation quality, {set_name}: {len(dataset)} images")
         t0 = time.perf_counter()
         confusions[set_name.split("/", 1)[1]] = extract_set(dataset, cache, module, **run_kw)["confusion"]

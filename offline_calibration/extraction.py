@@ -23,6 +23,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lsea_monitor.errors import DatasetLayoutError
 from lsea_monitor.pipeline import LatentFeatureExtractor
 
 #: Every cache entry holds the dataset index of each of its rows.
@@ -64,6 +65,44 @@ def read_entry(path: Path) -> dict[str, np.ndarray] | None:
     if stored != _checksum(arrays) or any(k not in arrays for k in CORE_KEYS):
         return None
     return arrays
+
+
+def _file_signature(path: Path, root: Path | None) -> str:
+    try:
+        rel = path.relative_to(root) if root is not None else path.absolute()
+    except ValueError:  # outside the dataset root: the absolute path
+        rel = path.absolute()
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise DatasetLayoutError(f"Image set file {path} cannot be read ({err}); was the dataset changed while "
+                                 "calibrating? Re-run lsea-calibrate once it is complete.") from err
+    return f"{rel.as_posix()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def image_list_digest(dataset: Any) -> str:
+    """SHA-256 of an image set's file list: per image, in order, its path relative to the dataset
+    root, its size in bytes and its ``mtime_ns`` (and the same for its label file when the set
+    returns labels). The make/rsync convention: an image added, removed, renamed or rewritten
+    changes the digest, so the cache, which addresses entries by position, is never reused for
+    other images; hashing every image's bytes would be slow on real datasets.
+
+    ``dataset`` needs ``samples`` (items with ``image`` and ``label`` paths, as
+    :class:`~offline_calibration.cityscapes.SegmentationDataset` holds).
+    """
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        raise TypeError(f"{type(dataset).__name__} has no 'samples' list: the cache cannot tell its images apart.")
+    root = getattr(dataset, "root", None)
+    root = Path(root) if root is not None else None
+    with_labels = bool(getattr(dataset, "return_labels", False))
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(_file_signature(Path(sample.image), root).encode())
+        if with_labels and sample.label is not None:
+            digest.update(b"|label|" + _file_signature(Path(sample.label), root).encode())
+        digest.update(b"\n")
+    return f"{len(samples)}:{digest.hexdigest()}"
 
 
 class FeatureCache:

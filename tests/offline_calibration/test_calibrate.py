@@ -196,3 +196,102 @@ def test_calibration_leaves_torch_threads_as_they_were(monitor_files, tmp_path: 
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "out" / "plots" / "pacmap_val.png").is_file()
     assert out.stdout.split()[-1] == "2"
+
+
+def _cached_rows(cache_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """Every set's cache entries under ``cache_dir`` (``<group>/<set>`` -> image index -> arrays)."""
+    out = {}
+    for folder in sorted(p for p in cache_dir.glob("*/*") if p.is_dir()):
+        entries, bad = FeatureCache(folder, json.loads((folder / "key.json").read_text())).load()
+        assert not bad
+        out[f"{folder.parent.name}/{folder.name}"] = entries
+    return out
+
+
+def _entry_stamps(folder: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in folder.glob("batch-*.npz")}
+
+
+def test_cache_is_keyed_on_the_image_files(monitor_files, tmp_path: Path) -> None:
+    """Entries are addressed by position in the sorted image list: a city added that sorts first, or
+    an image rewritten in place, must not reuse them (features recomputed, equal to a fresh run's);
+    a set whose files did not change keeps its entries."""
+    import cv2
+
+    data_root = tmp_path / "data"
+    shutil.copytree(monitor_files.data_root, data_root)
+    data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
+    data["dataset"].update(root=str(data_root), max_images=8, anomaly_kinds=["fog"])  # 6 sets: quick
+    data["model"]["checkpoint"] = str(monitor_files.checkpoint)
+    data["detection"].update(pca_components=3, threshold_folds=2, kde_bandwidth_grid=[], cross_type=False)
+    data["baselines"] = {"enabled": False}
+    data["segmentation"] = {"max_images": 4}
+
+    def calibrate(cache: Path) -> dict:
+        data.update(output_dir=str(tmp_path / "out"), cache_dir=str(cache))
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+        return run_calibration(load_config(tmp_path / "c.yaml"), progress=False, log=lambda *_: None)
+
+    reused = tmp_path / "cache"
+    calibrate(reused)
+    test_stamps = _entry_stamps(reused / "latent" / "test-ind")
+    assert test_stamps
+
+    # 1. a new validation city that sorts first: every validation index now names another image
+    first_val = sorted((data_root / "leftImg8bit" / "val").glob("*/*.png"))[0]
+    new_city = data_root / "leftImg8bit" / "val" / "aaaburg"
+    new_city.mkdir()
+    cv2.imwrite(str(new_city / "aaaburg_000000_000019_leftImg8bit.png"), 255 - cv2.imread(str(first_val)))
+    label = sorted((data_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))[0]
+    (data_root / "gtFine" / "val" / "aaaburg").mkdir()
+    shutil.copy(label, data_root / "gtFine" / "val" / "aaaburg" / "aaaburg_000000_000019_gtFine_labelIds.png")
+    calibrate(reused)
+    assert _entry_stamps(reused / "latent" / "test-ind") == test_stamps  # unchanged test split: a cache hit
+    val_stamps = _entry_stamps(reused / "latent" / "val-ind")
+
+    # 2. one test image rewritten in place (same path)
+    rewritten = sorted((data_root / "leftImg8bit" / "test").glob("*/*.png"))[1]
+    cv2.imwrite(str(rewritten), cv2.flip(cv2.imread(str(rewritten)), 1))
+    report = calibrate(reused)
+    assert _entry_stamps(reused / "latent" / "val-ind") == val_stamps
+
+    fresh_report = calibrate(tmp_path / "fresh-cache")
+    got, fresh = _cached_rows(reused), _cached_rows(tmp_path / "fresh-cache")
+    assert set(got) == set(fresh) and {"latent/val-ind", "latent/test-fog", "segmentation/test-fog"} <= set(got)
+    for name, rows in fresh.items():
+        assert sorted(got[name]) == sorted(rows), name
+        for index, row in rows.items():
+            for key, value in row.items():
+                np.testing.assert_array_equal(got[name][index][key], value, err_msg=f"{name} image {index} {key}")
+    assert report["detectors"] == fresh_report["detectors"]
+    assert json.dumps(report["segmentation"], sort_keys=True) == json.dumps(fresh_report["segmentation"],
+                                                                             sort_keys=True)  # NaN == NaN
+
+
+def test_image_list_digest_follows_the_files_the_set_reads(monitor_files, tmp_path: Path) -> None:
+    """Relative paths, sizes and mtimes: label files count for a labelled set only; moving the whole
+    dataset elsewhere (same files) keeps the digest."""
+    import os
+
+    from lsea_monitor.preprocessing import Preprocessing
+    from offline_calibration.cityscapes import CityscapesDataset
+    from offline_calibration.extraction import image_list_digest
+
+    root = tmp_path / "data"
+    shutil.copytree(monitor_files.data_root, root)
+    pp = Preprocessing(monitor_files.height, monitor_files.width)
+
+    def digests(r: Path) -> tuple[str, str]:
+        return (image_list_digest(CityscapesDataset(r, "test", pp, return_labels=False)),
+                image_list_digest(CityscapesDataset(r, "test", pp, return_labels=True)))
+
+    images, labelled = digests(root)
+    assert images != labelled and images.startswith(f"{len(list((root / 'leftImg8bit' / 'test').glob('*/*.png')))}:")
+    label = sorted((root / "gtFine" / "test").glob("*/*_gtFine_labelIds.png"))[2]
+    st = label.stat()
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    images_after, labelled_after = digests(root)
+    assert images_after == images and labelled_after != labelled
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    assert digests(moved) == (images_after, labelled_after)
