@@ -7,14 +7,17 @@ config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from lsea_monitor.errors import InputValidationError
+from lsea_monitor.pipeline import PRECISIONS
 from lsea_monitor.preprocessing import CITYSCAPES_MEAN, CITYSCAPES_STD
 
 
@@ -116,7 +119,32 @@ class CalibrationConfig:
     artefact_name: str = "detector.safetensors"
 
     def validate(self) -> None:
+        check_types(self)
         d, s, det = self.dataset, self.sampling, self.detection
+        _at_least("dataset.anomaly_seed", d.anomaly_seed, 0)
+        _at_least("dataset.max_images", d.max_images, 0, "(0 = every image)")
+        _at_least("sampling.batch_size", s.batch_size, 1)
+        _at_least("sampling.num_workers", s.num_workers, 0)
+        _at_least("sampling.seed", s.seed, 0)
+        if s.seed >= 2**63:
+            raise InputValidationError(f"sampling.seed must be below 2**63, got {s.seed}.")
+        if s.precision not in PRECISIONS:
+            raise InputValidationError(f"sampling.precision must be one of {sorted(PRECISIONS)}, got {s.precision!r}.")
+        if not (isinstance(s.devices, (str, int)) and not isinstance(s.devices, bool)) and not (
+                isinstance(s.devices, list) and s.devices
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in s.devices)):
+            raise InputValidationError(f"sampling.devices must be auto, a device count, or a list of device "
+                                       f"indices (as Lightning's Trainer takes), got {s.devices!r}.")
+        _at_least("detection.pca_components", det.pca_components, 0, "(0 = no PCA)")
+        _at_least("detection.threshold_folds", det.threshold_folds, 0,
+                  "(0 or 1 = in-sample scores, else the number of folds, >= 2)")
+        for key, value in (("detection.kde_bandwidth", det.kde_bandwidth),
+                           ("detection.one_class_bandwidth", det.one_class_bandwidth)):
+            if not (math.isfinite(value) and value > 0):
+                raise InputValidationError(f"{key} must be a finite number > 0, got {value!r}.")
+        _at_least("baselines.mc_samples", self.baselines.mc_samples, 0, "(0 = sampling.mc_samples)")
+        _at_least("baselines.max_images", self.baselines.max_images, 0, "(0 = as many as the latent detectors)")
+        _at_least("report.pacmap_neighbors", self.report.pacmap_neighbors, 1)
         if d.kind not in ("cityscapes", "woodscape"):
             raise InputValidationError(f"dataset.kind must be cityscapes or woodscape, got {d.kind!r}.")
         if not d.root or not Path(d.root).is_dir():
@@ -138,6 +166,9 @@ class CalibrationConfig:
             raise InputValidationError(f"dataset.img_size must be [H, W] >= 16, got {d.img_size}.")
         if s.mc_samples < 3:
             raise InputValidationError(f"sampling.mc_samples must be >= 3 for the k-NN entropy, got {s.mc_samples}.")
+        if s.entropy_k != 0 and not 1 <= s.entropy_k < s.mc_samples:
+            raise InputValidationError(f"sampling.entropy_k must be 0 (= min(5, M - 1)) or in [1, M - 1] = "
+                                       f"[1, {s.mc_samples - 1}] for M = sampling.mc_samples, got {s.entropy_k}.")
         if s.strategy not in ("fast", "naive"):
             raise InputValidationError(f"sampling.strategy must be fast or naive, got {s.strategy!r}.")
         if s.mc_seeding not in ("common", "per_image"):
@@ -153,8 +184,7 @@ class CalibrationConfig:
             raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use kde_classifier, "
                                        "one_class_kde or mahalanobis.")
         seg = self.segmentation
-        if isinstance(seg.max_images, bool) or not isinstance(seg.max_images, int) or seg.max_images < 0:
-            raise InputValidationError(f"segmentation.max_images must be an integer >= 0, got {seg.max_images!r}.")
+        _at_least("segmentation.max_images", seg.max_images, 0, "(0 = as many as the latent detectors)")
         if seg.split not in ("auto", "val", "test"):
             raise InputValidationError(f"segmentation.split must be auto, val or test, got {seg.split!r}.")
         if not (seg.ignore_index is None or seg.ignore_index == "auto"
@@ -165,9 +195,75 @@ class CalibrationConfig:
             raise InputValidationError("dataset.anomaly_kinds is empty; give at least one of mud, fog, sunflare.")
 
 
+def _at_least(key: str, value: int | float, low: int, meaning: str = "") -> None:
+    if value < low:
+        raise InputValidationError(f"{key} must be >= {low}{' ' + meaning if meaning else ''}, got {value!r}.")
+
+
+def _describe(hint: Any) -> str:
+    """A config type in words, for error messages."""
+    if get_origin(hint) is list:
+        return f"a list of {_describe(get_args(hint)[0]).split(' ', 1)[1]}s"
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in get_args(hint))
+    return {bool: "a boolean (true or false, unquoted)", int: "an integer", float: "a number",
+            str: "a string"}[hint]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, get_args(hint)[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    raise TypeError(f"Config type {hint!r} has no check; add one to offline_calibration.config._type_ok.")
+
+
+def check_types(obj: Any, prefix: str = "") -> None:
+    """Check every field of a config dataclass (recursively) against its type hint.
+
+    Strict, as YAML types values itself: a boolean field takes only ``true``/``false`` (the string
+    ``"false"`` would be truthy), an integer field only integers (not ``10.5``, ``"10"`` or ``true``),
+    a number field integers or floats (not booleans), a string field only strings; ``Any`` fields
+    are checked by :meth:`CalibrationConfig.validate`.
+
+    Raises
+    ------
+    InputValidationError
+        Naming the dotted key, the value and the expected type.
+    """
+    hints = get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, value, hint = f"{prefix}{f.name}", getattr(obj, f.name), hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise InputValidationError(f"Config section {key!r} must be a {hint.__name__}, got {value!r}.")
+            check_types(value, f"{key}.")
+        elif not _type_ok(value, hint):
+            detail = type(value).__name__
+            if get_origin(hint) is list and isinstance(value, list):
+                bad = next(v for v in value if not _type_ok(v, get_args(hint)[0]))
+                detail = f"element {bad!r} is a {type(bad).__name__}"
+            raise InputValidationError(f"Config key {key} must be {_describe(hint)}, got {value!r} ({detail}). "
+                                       "Fix its value in the YAML file or the --set override.")
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise InputValidationError(f"Config section {prefix or 'top level'!r} must be a mapping, got {type(data).__name__}.")
+        raise InputValidationError(f"Config section {prefix.rstrip('.') or 'top level'!r} must be a mapping, "
+                                   f"got {type(data).__name__}.")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -200,6 +296,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     if "output_dir" not in data:
         raise InputValidationError(f"Calibration config {path} lacks 'output_dir'.")
     cfg = _build(CalibrationConfig, data, "")
+    check_types(cfg)  # before the paths are joined: a number given as a path is named, not a TypeError
     base = path.parent
     cfg.output_dir = str((base / cfg.output_dir).resolve())
     cfg.dataset.root = str((base / cfg.dataset.root).resolve()) if cfg.dataset.root else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -295,3 +296,79 @@ def test_image_list_digest_follows_the_files_the_set_reads(monitor_files, tmp_pa
     moved = tmp_path / "moved"
     root.rename(moved)
     assert digests(moved) == (images_after, labelled_after)
+
+
+@pytest.fixture()
+def minimal_config(tmp_path: Path) -> Path:
+    """A config whose paths exist (an empty dataset folder and checkpoint file: enough for load_config)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    path = tmp_path / "configs" / "c.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({"output_dir": "../out", "dataset": {"root": "../data"},
+                                    "model": {"checkpoint": "../model.ckpt"}}))
+    return path
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("model.trust_checkpoint", "false", "a boolean"),  # truthy: would turn on unpickling
+    ("model.trust_checkpoint", 0, "a boolean"),
+    ("dataset.soiling", "yes", "a boolean"),
+    ("sampling.mc_samples", 10.5, "an integer"),
+    ("sampling.mc_samples", "10", "an integer"),
+    ("sampling.mc_samples", True, "an integer"),
+    ("sampling.seed", "abc", "an integer"),
+    ("detection.threshold_folds", 2.5, "an integer"),
+    ("detection.kde_bandwidth", True, "a number"),
+    ("detection.target_ind_tpr", "0.95", "a number"),
+    ("sampling.strategy", 1, "a string"),
+    ("output_dir", 5, "a string"),
+    ("dataset.root", None, "a string"),
+    ("dataset.img_size", [256, "512"], "a list of integers"),
+    ("dataset.mean", [0.3, True, 0.3], "a list of numbers"),
+    ("dataset.anomaly_kinds", "fog", "a list of strings"),
+    ("detection.kde_bandwidth_grid", [0.5, None], "a list of numbers"),
+])
+def test_config_scalars_are_type_checked(minimal_config: Path, key: str, value, expected: str) -> None:
+    """YAML types every value: a quoted "false" is a string, truthy in Python; nothing is coerced."""
+    with pytest.raises(InputValidationError, match=rf"Config key {key.replace('.', '[.]')} must be {expected}.*"
+                                                    rf"got {re.escape(repr(value))}"):
+        load_config(minimal_config, {key: value})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sampling.batch_size", 0, "sampling.batch_size must be >= 1"),
+    ("sampling.num_workers", -1, "sampling.num_workers must be >= 0"),
+    ("sampling.seed", -3, "sampling.seed must be >= 0"),
+    ("sampling.precision", "fp64", r"sampling.precision must be one of \['bf16', 'fp16', 'fp32'\]"),
+    ("sampling.entropy_k", 10, r"sampling.entropy_k must be 0 .* \[1, 9\]"),
+    ("sampling.devices", True, "sampling.devices must be auto, a device count"),
+    ("dataset.max_images", -1, "dataset.max_images must be >= 0"),
+    ("dataset.anomaly_seed", -1, "dataset.anomaly_seed must be >= 0"),
+    ("baselines.max_images", -1, "baselines.max_images must be >= 0"),
+    ("baselines.mc_samples", -2, "baselines.mc_samples must be >= 0"),
+    ("segmentation.max_images", -1, "segmentation.max_images must be >= 0"),
+    ("detection.threshold_folds", -1, r"detection.threshold_folds must be >= 0 \(0 or 1 = in-sample"),
+    ("detection.pca_components", -3, "detection.pca_components must be >= 0"),
+    ("detection.kde_bandwidth", 0, "detection.kde_bandwidth must be a finite number > 0"),
+    ("detection.one_class_bandwidth", float("nan"), "detection.one_class_bandwidth must be a finite number > 0"),
+    ("report.pacmap_neighbors", 0, "report.pacmap_neighbors must be >= 1"),
+])
+def test_config_ranges_are_checked(minimal_config: Path, key: str, value, message: str) -> None:
+    with pytest.raises(InputValidationError, match=message):
+        load_config(minimal_config, {key: value})
+
+
+def test_config_valid_values_still_load(minimal_config: Path) -> None:
+    """Integers where numbers are due, Lightning's device forms, null ignore_index, folds 0/1 = off."""
+    cfg = load_config(minimal_config, {"detection.kde_bandwidth": 1, "detection.kde_bandwidth_grid": [1, 1.5],
+                                       "detection.target_ind_tpr": 0.9, "detection.threshold_folds": 1,
+                                       "sampling.devices": [0, 1], "sampling.precision": "bf16",
+                                       "sampling.entropy_k": 9, "segmentation.ignore_index": None,
+                                       "model.trust_checkpoint": True, "dataset.max_images": 0})
+    assert cfg.model.trust_checkpoint is True and cfg.sampling.devices == [0, 1]
+    assert load_config(minimal_config, {"sampling.devices": 2}).sampling.devices == 2
+    # a config built in Python is checked too
+    cfg.sampling.mc_samples = "10"
+    with pytest.raises(InputValidationError, match="sampling.mc_samples must be an integer"):
+        cfg.validate()
