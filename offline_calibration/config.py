@@ -197,7 +197,8 @@ class CalibrationConfig:
 
 def _at_least(key: str, value: int | float, low: int, meaning: str = "") -> None:
     if value < low:
-        raise InputValidationError(f"{key} must be >= {low}{' ' + meaning if meaning else ''}, got {value!r}.")
+        meaning = f" {meaning}" if meaning else ""
+        raise InputValidationError(f"{key} must be an integer >= {low}{meaning}, got {value!r}.")
 
 
 def _describe(hint: Any) -> str:

@@ -337,22 +337,22 @@ def test_config_scalars_are_type_checked(minimal_config: Path, key: str, value, 
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("sampling.batch_size", 0, "sampling.batch_size must be >= 1"),
-    ("sampling.num_workers", -1, "sampling.num_workers must be >= 0"),
-    ("sampling.seed", -3, "sampling.seed must be >= 0"),
+    ("sampling.batch_size", 0, "sampling.batch_size must be an integer >= 1"),
+    ("sampling.num_workers", -1, "sampling.num_workers must be an integer >= 0"),
+    ("sampling.seed", -3, "sampling.seed must be an integer >= 0"),
     ("sampling.precision", "fp64", r"sampling.precision must be one of \['bf16', 'fp16', 'fp32'\]"),
     ("sampling.entropy_k", 10, r"sampling.entropy_k must be 0 .* \[1, 9\]"),
     ("sampling.devices", True, "sampling.devices must be auto, a device count"),
-    ("dataset.max_images", -1, "dataset.max_images must be >= 0"),
-    ("dataset.anomaly_seed", -1, "dataset.anomaly_seed must be >= 0"),
-    ("baselines.max_images", -1, "baselines.max_images must be >= 0"),
-    ("baselines.mc_samples", -2, "baselines.mc_samples must be >= 0"),
-    ("segmentation.max_images", -1, "segmentation.max_images must be >= 0"),
-    ("detection.threshold_folds", -1, r"detection.threshold_folds must be >= 0 \(0 or 1 = in-sample"),
-    ("detection.pca_components", -3, "detection.pca_components must be >= 0"),
+    ("dataset.max_images", -1, "dataset.max_images must be an integer >= 0"),
+    ("dataset.anomaly_seed", -1, "dataset.anomaly_seed must be an integer >= 0"),
+    ("baselines.max_images", -1, "baselines.max_images must be an integer >= 0"),
+    ("baselines.mc_samples", -2, "baselines.mc_samples must be an integer >= 0"),
+    ("segmentation.max_images", -1, "segmentation.max_images must be an integer >= 0"),
+    ("detection.threshold_folds", -1, r"detection.threshold_folds must be an integer >= 0 \(0 or 1 = in-sample"),
+    ("detection.pca_components", -3, "detection.pca_components must be an integer >= 0"),
     ("detection.kde_bandwidth", 0, "detection.kde_bandwidth must be a finite number > 0"),
     ("detection.one_class_bandwidth", float("nan"), "detection.one_class_bandwidth must be a finite number > 0"),
-    ("report.pacmap_neighbors", 0, "report.pacmap_neighbors must be >= 1"),
+    ("report.pacmap_neighbors", 0, "report.pacmap_neighbors must be an integer >= 1"),
 ])
 def test_config_ranges_are_checked(minimal_config: Path, key: str, value, message: str) -> None:
     with pytest.raises(InputValidationError, match=message):
