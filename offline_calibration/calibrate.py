@@ -422,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="calibration YAML (see offline_calibration/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set sampling.mc_samples=16 (YAML value syntax)")
+                   help="override a config key, e.g. --set sampling.mc_samples=16 (YAML value syntax: 16 is an "
+                        "integer, '16' a string); relative paths are taken from the current directory (those in "
+                        "the YAML file from the file's folder)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     import yaml
@@ -432,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            p.error(f"--set {key}: {value!r} is not a YAML value ({str(err).splitlines()[0]}); quote strings "
+                    "holding YAML syntax, e.g. --set \"model.checkpoint='runs/[x].ckpt'\"")
     try:
         cfg = load_config(args.config, overrides)
         report = run_calibration(cfg, progress=not args.no_progress)

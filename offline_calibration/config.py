@@ -281,27 +281,55 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+#: Config keys holding paths (resolved to absolute paths by :func:`load_config`).
+PATH_KEYS = ("output_dir", "cache_dir", "dataset.root", "model.checkpoint")
+
+
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> CalibrationConfig:
-    """Read a YAML config; relative paths are taken relative to the YAML file's folder."""
+    """Read a YAML config, apply ``overrides`` (dotted key -> value, as ``--set`` gives them), validate.
+
+    Relative paths written in the YAML file are taken relative to the YAML file's folder; relative
+    paths given in ``overrides`` (the command line) relative to the current working directory, as a
+    shell user expects.
+    """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise InputValidationError(f"Could not read calibration config {path}: {err}.") from err
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputValidationError(f"Calibration config {path} must be a mapping of keys (output_dir, dataset, "
+                                   f"model, ...), got a {type(data).__name__}.")
     for dotted, value in (overrides or {}).items():
+        *parents, leaf = parts = dotted.split(".")
+        if not all(parts):
+            raise InputValidationError(f"Override key {dotted!r} is not a dotted config key such as "
+                                       "sampling.mc_samples.")
         node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for depth, p in enumerate(parents):
+            if node.get(p) is None:  # absent, or an empty section in the YAML file
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise InputValidationError(f"Override {dotted!r}: {'.'.join(parents[:depth + 1])} is not a config "
+                                           f"section (it holds {node!r}); check the key's spelling.")
         node[leaf] = value
     if "output_dir" not in data:
         raise InputValidationError(f"Calibration config {path} lacks 'output_dir'.")
     cfg = _build(CalibrationConfig, data, "")
     check_types(cfg)  # before the paths are joined: a number given as a path is named, not a TypeError
-    base = path.parent
-    cfg.output_dir = str((base / cfg.output_dir).resolve())
-    cfg.dataset.root = str((base / cfg.dataset.root).resolve()) if cfg.dataset.root else ""
-    cfg.model.checkpoint = str((base / cfg.model.checkpoint).resolve()) if cfg.model.checkpoint else ""
-    cfg.cache_dir = str((base / cfg.cache_dir).resolve()) if cfg.cache_dir else str(Path(cfg.output_dir) / "cache")
+    from_command_line = {key for key in PATH_KEYS
+                         if any(key == o or key.startswith(o + ".") for o in (overrides or {}))}
+
+    def resolve(key: str, value: str) -> str:
+        base = Path.cwd() if key in from_command_line else path.parent
+        return str((base / value).resolve()) if value else ""
+
+    cfg.output_dir = resolve("output_dir", cfg.output_dir)
+    cfg.dataset.root = resolve("dataset.root", cfg.dataset.root)
+    cfg.model.checkpoint = resolve("model.checkpoint", cfg.model.checkpoint)
+    cfg.cache_dir = resolve("cache_dir", cfg.cache_dir) or str(Path(cfg.output_dir) / "cache")
     cfg.validate()
     return cfg
+

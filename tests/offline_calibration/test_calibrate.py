@@ -372,3 +372,49 @@ def test_config_valid_values_still_load(minimal_config: Path) -> None:
     cfg.sampling.mc_samples = "10"
     with pytest.raises(InputValidationError, match="sampling.mc_samples must be an integer"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sampling.mc_samples='10'", "Config key sampling.mc_samples must be an integer, got '10'"),
+    ("model.trust_checkpoint='false'", "Config key model.trust_checkpoint must be a boolean"),
+    ("sampling.batch_size=0", "sampling.batch_size must be an integer >= 1"),
+    ("dataset.root.x=1", "Override 'dataset.root.x': dataset.root is not a config section"),
+    ("sampling..seed=1", "Override key 'sampling..seed' is not a dotted config key"),
+    ("sampling.rounds=2", r"Unknown config key\(s\) \['sampling.rounds'\]"),
+])
+def test_main_reports_config_errors_without_a_traceback(minimal_config: Path, capsys, override: str,
+                                                          message: str) -> None:
+    assert main(["--config", str(minimal_config), "--set", override, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(f"^lsea-calibrate: error: {message}", err), err
+    assert "Traceback" not in err
+
+
+def test_main_rejects_a_set_value_that_is_not_yaml(minimal_config: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(minimal_config), "--set", "sampling.mc_samples=["])
+    assert exit_info.value.code == 2
+    assert "--set sampling.mc_samples: '[' is not a YAML value" in capsys.readouterr().err
+
+
+def test_set_paths_are_relative_to_the_working_directory(minimal_config: Path, tmp_path: Path, monkeypatch) -> None:
+    """``--set model.checkpoint=runs/x.ckpt`` (the README's example) means ./runs/x.ckpt; paths written in
+    the YAML file stay relative to the file's folder."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "best.ckpt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path("configs") / "c.yaml", {"model.checkpoint": "runs/best.ckpt", "cache_dir": "cache"})
+    assert cfg.model.checkpoint == str(tmp_path / "runs" / "best.ckpt")
+    assert cfg.cache_dir == str(tmp_path / "cache")
+    assert cfg.dataset.root == str(tmp_path / "data")  # "../data" in configs/c.yaml
+    assert cfg.output_dir == str(tmp_path / "out")
+    cfg = load_config(Path("configs") / "c.yaml", {"dataset": {"root": "data"}, "output_dir": "o"})
+    assert (cfg.dataset.root, cfg.output_dir) == (str(tmp_path / "data"), str(tmp_path / "o"))
+    with pytest.raises(InputValidationError,
+                       match=f"model.checkpoint '{tmp_path.parent / 'model.ckpt'}' is not a file"):
+        load_config(tmp_path / "configs" / "c.yaml", {"model.checkpoint": "../model.ckpt"})  # not configs/..
+    monkeypatch.chdir(tmp_path / "configs")
+    with pytest.raises(InputValidationError, match="model.checkpoint .*configs/runs/best.ckpt' is not a file"):
+        load_config("c.yaml", {"model.checkpoint": "runs/best.ckpt"})
+    assert main(["--config", "c.yaml", "--set", "model.checkpoint=../runs/best.ckpt",
+                 "--set", "sampling.batch_size=0"]) == 2  # the paths passed: the batch size is what fails
