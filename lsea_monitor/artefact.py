@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from lsea_monitor.errors import ArtefactError, InputValidationError
 from lsea_monitor.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_NAME = "lsea-monitor-detector"
 FORMAT_VERSION = 1
@@ -77,6 +82,30 @@ class ModelBinding:
     #: image / frame has its own seed (calibration: per image; run time: the frame's stamp).
     mc_seed: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("model_class", "layer", "checkpoint_sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise InputValidationError(f"ModelBinding.{name} must be a string, got {getattr(self, name)!r}.")
+        for name, low, optional in (("mc_samples", 2, False), ("entropy_k", 1, True), ("mc_seed", 0, True)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise InputValidationError(f"ModelBinding.{name} must be an integer >= {low}"
+                                           f"{' or None' if optional else ''}, got {value!r}.")
+
+
+def check_threshold(threshold: Any) -> float:
+    """The operating threshold as a float; a non-finite one is refused.
+
+    ``score > nan`` is always False: a NaN threshold would never flag a frame (fail-open), +inf
+    neither, and -inf would flag every frame.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise InputValidationError(f"The detector threshold must be a finite number, got {threshold!r}: a NaN or "
+                                   "infinite threshold never (or always) flags a frame. Re-run lsea-calibrate.")
+    return float(threshold)
+
 
 @dataclass(frozen=True)
 class DetectorArtefact:
@@ -105,6 +134,14 @@ class DetectorArtefact:
     preprocessing: Preprocessing
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        if not isinstance(self.binding, ModelBinding):
+            raise InputValidationError(f"binding must be a ModelBinding, got {type(self.binding).__name__}.")
+        for name in ("metrics", "info"):
+            if not isinstance(getattr(self, name), dict):
+                raise InputValidationError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}.")
 
     # --- scoring: the single implementation used by calibration, the node and the replay --------
     @property
@@ -162,7 +199,8 @@ class DetectorArtefact:
         return self.detector.score_torch(features)
 
     def with_threshold(self, threshold: float) -> "DetectorArtefact":
-        return replace(self, threshold=float(threshold))
+        """A copy with another operating threshold (a finite number, else InputValidationError)."""
+        return replace(self, threshold=check_threshold(threshold))
 
     # --- persistence ----------------------------------------------------------------------------
     def to_manifest_and_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -241,6 +279,9 @@ class DetectorArtefact:
             manifest = json.loads(manifest_json)
         except json.JSONDecodeError as err:
             raise ArtefactError(f"Artefact {path} has an unreadable manifest: {err}.") from err
+        if not isinstance(manifest, dict):
+            raise ArtefactError(f"Artefact {path} has a malformed manifest: a JSON {type(manifest).__name__}, not an "
+                                "object. Re-run lsea-calibrate.")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ArtefactError(f"Artefact {path} has format version {manifest.get('format_version')}; this "
                                 f"lsea-monitor reads version {FORMAT_VERSION}. Re-run lsea-calibrate.")
@@ -261,9 +302,20 @@ class DetectorArtefact:
         from lsea_monitor.dataset import LatentPCA
         from lsea_monitor.detectors import DETECTORS
 
+        missing = sorted({"detector", "pca", "threshold", "binding", "preprocessing", "n_features"} - set(manifest))
+        if missing:
+            raise ArtefactError(f"Artefact {path} has a malformed manifest: it lacks {missing}. Re-run lsea-calibrate.")
+        threshold = manifest["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ArtefactError(f"Artefact {path} has the threshold {threshold!r}, not a finite number: the monitor "
+                                "would never (or always) flag a frame. Re-run lsea-calibrate.")
+        for name in ("detector", "binding", "preprocessing"):
+            if not isinstance(manifest[name], dict):
+                raise ArtefactError(f"Artefact {path} has a malformed manifest: {name!r} is a "
+                                    f"{type(manifest[name]).__name__}, not an object. Re-run lsea-calibrate.")
         try:
             det = manifest["detector"]
-            if det["name"] not in DETECTORS:
+            if not isinstance(det.get("name"), str) or det["name"] not in DETECTORS:
                 raise ArtefactError(f"Artefact {path} names an unknown detector {det['name']!r}; "
                                     f"known: {sorted(DETECTORS)}.")
             det_arrays = {k[len("detector."):]: v for k, v in arrays.items() if k.startswith("detector.")}
@@ -278,7 +330,7 @@ class DetectorArtefact:
                            metrics=manifest.get("metrics", {}), info=manifest.get("info", {}))
         except ArtefactError:
             raise
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ArtefactError(f"Artefact {path} is inconsistent ({type(err).__name__}: {err}). "
                                 "Re-run lsea-calibrate.") from err
         if artefact.n_features != manifest.get("n_features"):

@@ -149,3 +149,70 @@ def test_common_mc_seed_round_trips_and_defaults_to_none(tmp_path: Path) -> None
     assert DetectorArtefact.load(art.save(tmp_path / "none.safetensors")).binding.mc_seed is None
     seeded = replace(art, binding=replace(art.binding, mc_seed=1234))
     assert DetectorArtefact.load(seeded.save(tmp_path / "seeded.safetensors")).binding.mc_seed == 1234
+
+
+def _resigned(path: Path, out: Path, edit) -> Path:
+    """A copy of a saved artefact whose manifest JSON is ``edit(manifest)`` (a JSON string or object),
+    re-signed: its content digest recomputed as an attacker or a buggy tool could, so the integrity
+    check passes and the manifest's own checks are what is tested."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from lsea_monitor.artefact import _content_digest
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    arrays = load_file(str(path))
+    manifest = edit(json.loads(meta["manifest"]))
+    manifest_json = manifest if isinstance(manifest, str) else json.dumps(manifest, allow_nan=True)
+    save_file(arrays, str(out), metadata={"format": meta["format"], "manifest": manifest_json,
+                                          "content_sha256": _content_digest(manifest_json, arrays)})
+    return out
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), float("-inf"), "0.5", True, None])
+def test_non_finite_threshold_is_refused_at_load(tmp_path: Path, threshold) -> None:
+    """``score > nan`` is always False: a NaN threshold would never flag a frame (fail-open)."""
+    path = _artefact().save(tmp_path / "a.safetensors")
+    bad = _resigned(path, tmp_path / "bad.safetensors", lambda m: {**m, "threshold": threshold})
+    with pytest.raises(ArtefactError, match="not a finite number.*Re-run lsea-calibrate"):
+        DetectorArtefact.load(bad)
+    assert DetectorArtefact.load(_resigned(path, tmp_path / "ok.safetensors", lambda m: m)).threshold == \
+        _artefact().threshold  # the re-signing itself is sound
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), -float("inf"), "1.0", True])
+def test_non_finite_threshold_is_refused_at_construction(threshold) -> None:
+    from dataclasses import replace
+
+    art = _artefact()
+    with pytest.raises(InputValidationError, match="threshold must be a finite number.*Re-run lsea-calibrate"):
+        art.with_threshold(threshold)
+    with pytest.raises(InputValidationError, match="threshold must be a finite number"):
+        replace(art, threshold=threshold)
+    assert art.with_threshold(3).threshold == 3.0
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: "[]", "malformed manifest: a JSON list, not an object"),
+    (lambda m: "7", "malformed manifest: a JSON int, not an object"),
+    (lambda m: {k: v for k, v in m.items() if k != "binding"}, r"lacks \['binding'\]"),
+    (lambda m: {k: v for k, v in m.items() if k not in ("threshold", "pca")}, r"lacks \['pca', 'threshold'\]"),
+    (lambda m: {**m, "binding": "pkg.mod:Model"}, "'binding' is a str, not an object"),
+    (lambda m: {**m, "detector": ["kde_classifier"]}, "'detector' is a list, not an object"),
+    (lambda m: {**m, "preprocessing": None}, "'preprocessing' is a NoneType, not an object"),
+    (lambda m: {**m, "binding": {**m["binding"], "checkpoint_sha256": 5}}, "checkpoint_sha256 must be a string"),
+    (lambda m: {**m, "binding": {**m["binding"], "mc_samples": "10"}}, "mc_samples must be an integer"),
+    (lambda m: {**m, "binding": {**m["binding"], "mc_seed": -1}}, "mc_seed must be an integer >= 0 or None"),
+    (lambda m: {**m, "binding": {**m["binding"], "extra": 1}}, "inconsistent"),
+    (lambda m: {**m, "detector": {**m["detector"], "name": ["x"]}}, "unknown detector"),
+    (lambda m: {**m, "preprocessing": {**m["preprocessing"], "mean": 3}}, "inconsistent"),
+    (lambda m: {**m, "metrics": [1]}, "metrics must be a dict"),
+])
+def test_malformed_manifest_is_an_artefact_error(tmp_path: Path, edit, message: str) -> None:
+    path = _artefact().save(tmp_path / "a.safetensors")
+    bad = _resigned(path, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(ArtefactError, match=message):
+        DetectorArtefact.load(bad, expect_checkpoint_sha256="cd" * 32, expect_layer="net.drop_block1")
