@@ -27,7 +27,7 @@ from lsea_monitor.artefact import DetectorArtefact, ModelBinding, sha256_file
 from lsea_monitor.checkpoint import load_model
 from lsea_monitor.dataset import LatentPCA
 from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE
-from lsea_monitor.errors import DatasetLayoutError, LseaError
+from lsea_monitor.errors import DatasetLayoutError, InputValidationError, LseaError
 from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.preprocessing import Preprocessing
 from lsea_monitor.threshold import select_threshold
@@ -111,6 +111,57 @@ def fit_ood_rows(features: dict[str, dict[str, np.ndarray]], kinds: list[str], s
             np.concatenate([features[f"{split}/{k}"]["index"] for k in kinds]))
 
 
+def _min_fold_train(n: int, folds: int) -> int:
+    """Rows left to fit on when the largest of ``folds`` (stratified) folds of ``n`` rows is held out."""
+    return n - -(-n // folds)
+
+
+def check_validation_size(cfg: CalibrationConfig, n_ind: int, n_features: int | None = None) -> None:
+    """Fail early, with what to change, when the validation InD images cannot support the folds and
+    the PCA of ``detection`` (scikit-learn's own errors name neither the config key nor the cure).
+
+    Every fold needs at least one validation image (the folds group each image with its altered
+    copies); the one-class detectors' PCA is fitted on the InD images of each threshold fold's
+    training part, so ``pca_components`` must not exceed the smallest one (nor the feature count).
+
+    Raises
+    ------
+    InputValidationError
+    """
+    det = cfg.detection
+    more = (f"or more validation images (dataset.max_images is {cfg.dataset.max_images}; 0 = all)"
+            if cfg.dataset.max_images else "or more validation images")
+    folds = {"detection.threshold_folds": det.threshold_folds} if det.threshold_folds >= 2 else {}
+    if det.kde_bandwidth_grid:  # the bandwidth search cross-validates with 5 folds when thresholds do not
+        folds.setdefault("detection.threshold_folds", det.threshold_folds if det.threshold_folds >= 2 else 5)
+    if n_ind < 2:
+        raise InputValidationError(f"The validation split has {n_ind} InD image(s); the detectors need at least 2 "
+                                   f"(and the folds one per fold). Give {more}.")
+    for key, k in folds.items():
+        if k > n_ind:
+            use = (f"{key}: {n_ind} at most" if det.threshold_folds >= 2 else
+                   "detection.kde_bandwidth_grid: [] (the bandwidth search uses 5 folds when "
+                   "detection.threshold_folds is 0 or 1)")
+            raise InputValidationError(f"The validation split has {n_ind} InD images, but {k} cross-validation folds "
+                                       f"need at least {k} (one image, with its altered copies, per fold). Use fewer "
+                                       f"folds ({use}), {more}.")
+    p = det.pca_components
+    if not p:
+        return
+    if n_features is not None and p > n_features:
+        raise InputValidationError(f"detection.pca_components is {p}, but the hooked layer gives {n_features} "
+                                   f"entropy features; use detection.pca_components <= {n_features} (0 = no PCA).")
+    k = det.threshold_folds
+    train = _min_fold_train(n_ind, k) if k >= 2 else n_ind
+    if p > train:
+        need = next(n for n in range(p, 100 * p + 100) if (_min_fold_train(n, k) if k >= 2 else n) >= p)
+        where = (f"with detection.threshold_folds {k}, each fold's one-class detectors fit their PCA on as few as "
+                 f"{train} of them" if k >= 2 else "the one-class detectors fit their PCA on them")
+        raise InputValidationError(f"detection.pca_components is {p}, but the validation split has {n_ind} InD "
+                                   f"images and {where}. Use detection.pca_components <= {train}, fewer folds, "
+                                   f"{more} (at least {need}).")
+
+
 def out_of_fold_scores(detector: Any, pca: LatentPCA | None, x: np.ndarray, y: np.ndarray | None, folds: int,
                        seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Scores of each training row by a detector (and PCA) fitted without it.
@@ -173,6 +224,7 @@ def fit_detectors(cfg: CalibrationConfig, val_ind: np.ndarray, val_ood: np.ndarr
     y_val = np.r_[np.zeros(len(val_ind), int), np.ones(len(val_ood), int)]
     if groups is not None and len(groups) != len(x_val):
         raise ValueError(f"groups holds {len(groups)} entries for {len(x_val)} validation rows.")
+    check_validation_size(cfg, len(val_ind), x_val.shape[1] if x_val.ndim == 2 else None)
     bandwidth, table = select_kde_bandwidth(cfg, x_val, y_val, groups)
     if selection is not None:
         selection.update({"kde_bandwidth": bandwidth, "kde_bandwidth_cv_auroc": table,
@@ -240,7 +292,9 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
                   strategy=s.ddp_strategy, progress=progress)
     features: dict[str, dict[str, np.ndarray]] = {}
     timing: dict[str, float] = {}
-    for set_name, dataset in build_image_sets(cfg, preprocessing).items():
+    image_sets = build_image_sets(cfg, preprocessing)
+    check_validation_size(cfg, len(image_sets["val/ind"]))  # before hours of extraction
+    for set_name, dataset in image_sets.items():
         cache = set_cache(cfg, "latent", set_name, dataset, cache_key)
         log(f"[lsea-calibrate] latent entropy, {set_name}: {len(dataset)} images")
         t0 = time.perf_counter()

@@ -418,3 +418,26 @@ def test_set_paths_are_relative_to_the_working_directory(minimal_config: Path, t
         load_config("c.yaml", {"model.checkpoint": "runs/best.ckpt"})
     assert main(["--config", "c.yaml", "--set", "model.checkpoint=../runs/best.ckpt",
                  "--set", "sampling.batch_size=0"]) == 2  # the paths passed: the batch size is what fails
+
+
+def test_too_few_validation_images_fail_before_any_extraction(monitor_files, tmp_path: Path, capsys) -> None:
+    """The image counts are known from the data modules: a fold or PCA size they cannot support is
+    reported before the (hours of) extraction, through main() as a clean error."""
+    data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    data["dataset"].update(root=str(monitor_files.data_root), max_images=4)
+    data["model"]["checkpoint"] = str(monitor_files.checkpoint)
+    data["detection"].update(threshold_folds=5, pca_components=2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^lsea-calibrate: error: The validation split has 4 InD images, but 5 cross-validation folds",
+                     err), err
+    assert "dataset.max_images is 4" in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "latent").exists()  # nothing was extracted
+    data["dataset"]["max_images"] = 18
+    data["detection"].update(threshold_folds=5, pca_components=16)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(InputValidationError, match=r"pca_components is 16, .* 18 InD images .* as few as 14"):
+        run_calibration(load_config(tmp_path / "c.yaml"), progress=False, log=lambda *_: None)
+    assert not (tmp_path / "cache" / "latent").exists()

@@ -117,3 +117,42 @@ def test_detection_options_are_validated(tmp_path, detection: dict, message: str
     cfg.output_dir = str(tmp_path / "out")
     with pytest.raises(InputValidationError, match=message):
         cfg.validate()
+
+
+def _fit(n_ind: int, dim: int = 32, **detection) -> dict:
+    rng = np.random.default_rng(0)
+    ind, ood = rng.normal(size=(n_ind, dim)), rng.normal(2, 1, size=(3 * n_ind, dim))
+    groups = np.r_[np.arange(n_ind), np.tile(np.arange(n_ind), 3)]
+    cfg = CalibrationConfig(output_dir="unused", detection=DetectionConfig(cross_type=False, **detection))
+    return fit_detectors(cfg, ind, ood, _binding(), Preprocessing(64, 128), groups=groups)
+
+
+@pytest.mark.parametrize("n_ind, detection, message", [
+    (4, {"pca_components": 2, "threshold_folds": 5},
+     r"4 InD images, but 5 cross-validation folds need at least 5 .* \(detection.threshold_folds: 4 at most\)"),
+    (4, {"pca_components": 2, "threshold_folds": 0, "kde_bandwidth_grid": [0.5, 1.0]},
+     r"4 InD images, but 5 cross-validation folds .*detection.kde_bandwidth_grid: \[\]"),
+    (18, {"pca_components": 16, "threshold_folds": 5},
+     r"pca_components is 16, but the validation split has 18 InD images .* as few as 14 .*"
+     r"detection.pca_components <= 14, fewer folds, or more validation images \(at least 20\)"),
+    (10, {"pca_components": 12, "threshold_folds": 0, "kde_bandwidth_grid": []},
+     r"pca_components is 12, .* 10 InD images .*pca_components <= 10"),
+    (30, {"pca_components": 40, "threshold_folds": 5}, "the hooked layer gives 32 entropy features"),
+])
+def test_too_few_validation_images_for_the_folds_or_the_pca(n_ind: int, detection: dict, message: str) -> None:
+    """Not scikit-learn's 'n_splits=5 ... greater than the number of groups: 4' or 'n_components must be
+    ... [1, 14]': the image count, what the folds or the PCA need and what to change."""
+    with pytest.raises(InputValidationError, match=message):
+        _fit(n_ind, **detection)
+
+
+@pytest.mark.parametrize("n_ind, detection", [
+    (18, {"pca_components": 14, "threshold_folds": 5}),  # the largest PCA the folds allow
+    (20, {"pca_components": 16, "threshold_folds": 5}),  # the fewest images for 16 components
+    (5, {"pca_components": 0, "threshold_folds": 5}),  # as many folds as images
+    (4, {"pca_components": 4, "threshold_folds": 0, "kde_bandwidth_grid": []}),  # in-sample
+])
+def test_the_size_check_is_exact_at_its_bounds(n_ind: int, detection: dict) -> None:
+    arts = _fit(n_ind, **detection)
+    assert set(arts) == {"kde_classifier", "one_class_kde", "mahalanobis"}
+    assert all(np.isfinite(a.threshold) for a in arts.values())
