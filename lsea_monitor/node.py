@@ -413,12 +413,30 @@ def main(args: Optional[list[str]] = None) -> int:
     sys.setswitchinterval(0.0005)
     rclpy.init(args=args)
     node: Optional[MonitorNode] = None
+    executor: Optional[MultiThreadedExecutor] = None
+    spinner: Optional[threading.Thread] = None
+    spin_error: list[BaseException] = []
     try:
         try:
             node = MonitorNode()
         except Exception as err:  # noqa: BLE001 - parameter errors: say which and exit non-zero
             print(f"[lsea_monitor] FATAL: could not start: {_describe(err)}", file=sys.stderr, flush=True)
             return 2
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+
+        def spin() -> None:
+            try:
+                spin_until_shutdown(executor, lambda: node.get_logger().debug(
+                    "An entity destroyed by a transition was in the wait set being built (rclpy#1284); spinning on."))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                spin_error.append(err)
+
+        # Spin from the start, so that node health reaches /diagnostics (and the lifecycle services
+        # answer) while the auto-start below loads the model and warms it up: seconds on a CPU,
+        # minutes with torch.compile.
+        spinner = threading.Thread(target=spin, name="lsea_monitor_spin", daemon=True)
+        spinner.start()
         if node.params.autostart:
             for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
                 if trigger() != SUCCESS:
@@ -426,10 +444,10 @@ def main(args: Optional[list[str]] = None) -> int:
                         return 0
                     node.get_logger().fatal(f"Auto-start failed at {name}; exiting (see the error above).")
                     return 1
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        spin_until_shutdown(executor, lambda: node.get_logger().debug(
-            "An entity destroyed by a transition was in the wait set being built (rclpy#1284); spinning on."))
+        while spinner.is_alive():  # until SIGINT/SIGTERM shuts the context down
+            spinner.join(timeout=0.5)
+        if spin_error:
+            raise spin_error[0]
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -439,6 +457,11 @@ def main(args: Optional[list[str]] = None) -> int:
     finally:
         if node is not None:
             node.stop_serving()
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
+        if spinner is not None:
+            spinner.join(timeout=5.0)
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -140,3 +140,20 @@ def test_lifecycle_services_and_runtime_parameters(
     assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) and state() == State.PRIMARY_STATE_FINALIZED
     assert node.returncode is None
     assert node.stop(signal.SIGINT) == 0, node.log()[-3000:]
+
+
+def test_health_reaches_diagnostics_while_the_auto_start_loads_and_warms_up(
+    start_process: Callable[..., NodeProcess], probe: Probe, monitor_files: Any,
+) -> None:
+    """The node spins from the start: /diagnostics hears it (WARN, not monitoring) before it is active."""
+    from lsea_ros_testutil import values
+
+    start_process(node_command(monitor_files, namespace=probe.namespace, diagnostics_period_s=0.05))
+    probe.wait_for(lambda p: (health_values(p) or {}).get("lifecycle_state") == "active", NODE_STARTUP_TIMEOUT_S,
+                   "health in the active state")
+    _, _, health = probe.snapshot()
+    states = [values(h.msg)["lifecycle_state"] for h in health]
+    before = states[: states.index("active")]
+    assert before, "no health before the node was active"
+    assert set(before) <= {"unconfigured", "configuring", "inactive", "activating"}, before
+    assert all(h.msg.status[0].level == b"\x01" for h in health[: len(before)])  # WARN: not monitoring
