@@ -195,9 +195,26 @@ def layout_error(problem: str, folder: Path, expected: str) -> DatasetLayoutErro
     return DatasetLayoutError(f"{problem}\nExpected layout:\n{expected}\nFound: {_listing(folder)}")
 
 
-def list_pngs(folder: Path) -> list[Path]:
-    """The ``*.png`` files of ``folder`` (not recursive), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+#: Image files that are not PNG: an image folder holding one is an error, not a file to pass over.
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
+
+
+def list_pngs(folder: Path, *, images: bool = False, expected: str = "") -> list[Path]:
+    """The ``*.png`` files of ``folder`` (not recursive), sorted by name.
+
+    ``images=True`` for a folder of input images: other image files (JPEG, ...) or sub-folders in it
+    raise :class:`DatasetLayoutError` (with ``expected``, the layout), since calibration never skips
+    data silently. Label folders hold other files by design (Cityscapes' polygon JSON).
+    """
+    entries = list(folder.iterdir())
+    if images:
+        strays = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
+                        if p.is_dir() or p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+        if strays:
+            raise layout_error(f"{folder} holds {len(strays)} entries that are not PNG images, e.g. {strays[:3]}: "
+                               "the layout has PNG files only here. Convert them to PNG or move them out "
+                               "(no image is skipped silently).", folder, expected)
+    return sorted(p for p in entries if p.is_file() and p.suffix.lower() == ".png")
 
 
 # --- samples ----------------------------------------------------------------------------------------
@@ -254,9 +271,15 @@ def find_cityscapes_samples(root: str | os.PathLike, split: str, with_labels: bo
     cities = sorted(p for p in img_dir.iterdir() if p.is_dir())
     if not cities:
         raise layout_error(f"No city folders in {img_dir}.", img_dir, CITYSCAPES_LAYOUT)
+    loose = sorted(p.name for p in img_dir.iterdir()
+                   if p.is_file() and p.suffix.lower() in (".png", *OTHER_IMAGE_SUFFIXES))
+    if loose:
+        raise layout_error(f"{len(loose)} images lie directly in {img_dir}, outside any city folder, e.g. "
+                           f"{loose[:3]}; move them into leftImg8bit/{split}/<city>/ (no image is skipped "
+                           "silently).", img_dir, CITYSCAPES_LAYOUT)
     images: list[Path] = []
     for city in cities:
-        pngs = list_pngs(city)
+        pngs = list_pngs(city, images=True, expected=CITYSCAPES_LAYOUT)
         bad = [p.name for p in pngs if not _CS_IMAGE.match(p.name)]
         if bad:
             raise layout_error(f"{len(bad)} files in {city} do not follow <city>_<seq>_<frame>_leftImg8bit.png, "

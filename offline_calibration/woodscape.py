@@ -138,7 +138,7 @@ def find_woodscape_samples(root: str | os.PathLike, with_labels: bool = True) ->
     img_dir = root_p / "rgb_images"
     if not img_dir.is_dir():
         raise layout_error(f"WoodScape images not found: {img_dir} does not exist.", img_dir, WOODSCAPE_LAYOUT)
-    images = list_pngs(img_dir)
+    images = list_pngs(img_dir, images=True, expected=WOODSCAPE_LAYOUT)
     if not images:
         raise layout_error(f"No *.png images in {img_dir}.", img_dir, WOODSCAPE_LAYOUT)
     if not with_labels:
@@ -172,7 +172,7 @@ def find_soiling_samples(root: str | os.PathLike, split: str, with_labels: bool 
     if not img_dir.is_dir():
         raise layout_error(f"WoodScape soiling split {split!r} not found: {img_dir} does not exist.", img_dir,
                            SOILING_LAYOUT)
-    images = list_pngs(img_dir)
+    images = list_pngs(img_dir, images=True, expected=SOILING_LAYOUT)
     if not images:
         raise layout_error(f"Soiling split {split!r} is empty: no *.png in {img_dir}.", img_dir, SOILING_LAYOUT)
     if not with_labels:

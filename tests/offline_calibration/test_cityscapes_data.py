@@ -271,6 +271,27 @@ def test_badly_named_images(cs_root: Path) -> None:
         CityscapesDataset(cs_root, "val")
 
 
+def test_images_in_other_formats_or_places_are_errors_not_skipped(cs_root: Path) -> None:
+    """Calibration never skips data silently: a JPEG among the PNGs, a sub-folder of a city, an
+    image outside any city folder each stop it with the layout; label folders keep their JSON."""
+    city = cs_root / "leftImg8bit/val/lindau"
+    (cs_root / "gtFine/val/lindau/lindau_000000_000019_gtFine_polygons.json").write_text("{}")  # official
+    assert len(CityscapesDataset(cs_root, "val")) == 3
+    jpeg = city / "lindau_000009_000019_leftImg8bit.jpg"
+    jpeg.write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(DatasetLayoutError, match=r"(?s)holds 1 entries that are not PNG images.*"
+                                                 r"lindau_000009_000019_leftImg8bit\.jpg.*Expected layout"):
+        CityscapesDataset(cs_root, "val")
+    jpeg.unlink()
+    (city / "more").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"not PNG images, e\.g\. \['more/'\]"):
+        CityscapesDataset(cs_root, "val")
+    (city / "more").rmdir()
+    _write(cs_root / "leftImg8bit/val/frankfurt_000009_000019_leftImg8bit.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DatasetLayoutError, match=r"1 images lie directly in .*leftImg8bit/val, outside any city"):
+        CityscapesDataset(cs_root, "val")
+
+
 def test_missing_labels_folder(cs_root: Path) -> None:
     for p in sorted((cs_root / "gtFine" / "val").rglob("*"), reverse=True):
         p.unlink() if p.is_file() else p.rmdir()

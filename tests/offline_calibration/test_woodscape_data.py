@@ -173,6 +173,12 @@ def test_missing_folders(tmp_path: Path) -> None:
         WoodScapeSoilingDataset(tmp_path, "test")
 
 
+def test_non_png_images_are_errors_not_skipped(ws_root: Path) -> None:
+    (ws_root / "rgb_images" / "00042_FV.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(DatasetLayoutError, match=r"(?s)rgb_images holds 1 entries that are not PNG.*00042_FV\.jpg"):
+        WoodScapeDataset(ws_root, "train")
+
+
 def test_empty_split(tmp_path: Path) -> None:
     root = make_woodscape(tmp_path / "ws", n=5, n_soiling=0)
     with pytest.raises(DatasetLayoutError, match=r"split 'test' is empty: 5 images"):
