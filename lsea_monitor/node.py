@@ -3,10 +3,11 @@
 The subscription callback only converts and validates a frame and puts it into a one-slot buffer
 (newest wins, overwrites are counted as drops); a worker thread scores it and publishes
 ``~/verdict`` (DiagnosticArray, the image's header) and ``~/ood`` (Bool, the debounced flag). Node
-health goes to ``/diagnostics`` in every lifecycle state. Anything that prevents a verdict (a bad
-image, a model error, no input for ``watchdog_timeout_s``) gives an ERROR verdict and raises the
-flag. With ``image_topics`` the node serves several cameras: one slot, hysteresis and watchdog per
-camera, the newest frame of each scored in one batched forward pass, verdicts on
+health goes to ``/diagnostics`` in every lifecycle state, the auto-start included. Anything that
+prevents a verdict (a bad image, a model error, no input for ``watchdog_timeout_s``, input but no
+verdict for ``inference_timeout_s``) gives an ERROR verdict and raises the flag, and so does
+deactivating. With ``image_topics`` the node serves several cameras: one slot, hysteresis and
+watchdog per camera, the newest frame of each scored in one batched forward pass, verdicts on
 ``~/<camera>/verdict`` and ``~/<camera>/ood`` (:mod:`lsea_monitor.node_cameras`). The worker thread
 also runs the warm-up (compiled code and CUDA graphs are per thread). Parameters:
 :mod:`lsea_monitor.node_params`; bookkeeping: :mod:`lsea_monitor.node_stats`.
@@ -194,7 +195,7 @@ class MonitorNode(LifecycleNode):
             self._stats.on_dropped(self._slots.clear())
             now_ns = time.monotonic_ns()
             with self._lock:
-                for i, ch in enumerate(self._channels):
+                for ch in self._channels:
                     if ch.verdict_pub is not None:
                         # Fail closed for consumers that keep the last value: the monitor stops judging.
                         self._publish_verdict(ch, Header(stamp=self.get_clock().now().to_msg()),
@@ -334,7 +335,8 @@ class MonitorNode(LifecycleNode):
         msg = node_msgs.health_array(
             self._stats.snapshot(time.monotonic()), name=f"{self.status_prefix}: health", state=self.state_label(),
             stale=any(c.watchdog.stale and not c.watchdog.stalled for c in chans),
-            stalled=any(c.watchdog.stalled for c in chans), invalid_streak=max((c.invalid_streak for c in chans), default=0),
+            stalled=any(c.watchdog.stalled for c in chans),
+            invalid_streak=max((c.invalid_streak for c in chans), default=0),
             scorer=self._scorer, mc_samples=self.params.mc_samples,
             input_topic=",".join(sub.topic_name for sub in subs if sub is not None), extra=health_values(chans),
             flag=any(c.hysteresis.flag for c in chans) if chans else True)
