@@ -334,7 +334,7 @@ class MonitorNode(LifecycleNode):
         subs = [c.sub for c in chans]  # read once: stop_serving may clear them meanwhile
         msg = node_msgs.health_array(
             self._stats.snapshot(time.monotonic()), name=f"{self.status_prefix}: health", state=self.state_label(),
-            stale=any(c.watchdog.stale and not c.watchdog.stalled for c in chans),
+            stale=any(c.watchdog.no_input for c in chans),
             stalled=any(c.watchdog.stalled for c in chans),
             invalid_streak=max((c.invalid_streak for c in chans), default=0),
             scorer=self._scorer, mc_samples=self.params.mc_samples,

@@ -135,6 +135,11 @@ class Watchdog:
             # verdict per inference pass is progress even when frames are dropped).
             self._waiting_since_ns = now_ns if self.last_input_ns > frame_recv_ns else None
 
+    @property
+    def no_input(self) -> bool:
+        """Stale because no image arrives (as opposed to stalled, images arriving but not judged)."""
+        return self.stale and not self.stalled
+
     def idle_s(self, now_ns: int) -> float:
         return (now_ns - self.last_input_ns) / 1e9
 
@@ -236,7 +241,7 @@ def health_values(channels: Sequence[CameraChannel]) -> dict[str, str]:
         return {}
     return {
         "cameras": ",".join(c.camera.name for c in channels),
-        "stale_cameras": ",".join(c.camera.name for c in channels if c.watchdog.stale and not c.watchdog.stalled),
+        "stale_cameras": ",".join(c.camera.name for c in channels if c.watchdog.no_input),
         "stalled_cameras": ",".join(c.camera.name for c in channels if c.watchdog.stalled),
         "unjudged_cameras": ",".join(c.camera.name for c in channels if c.invalid_streak > 0),
         "flagged_cameras": ",".join(c.camera.name for c in channels if c.hysteresis is None or c.hysteresis.flag),
