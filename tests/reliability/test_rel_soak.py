@@ -1,7 +1,7 @@
 """Soak: a camera process at 30 Hz into a node process for a while, the node watched through /proc.
 
 After a warm-up: resident memory grows < 50 MB, threads and open file descriptors do not grow,
-the latency p99 of the last third of the frames is within 20 % of the first third's (p95 when a
+the latency p99 of the last third of the frames is at most 20 % above the first third's (p95 when a
 third holds fewer than 1000 frames, as in the 60 s CI run), every
 processed frame has its verdict and its flag (drops are counted, never silent), and SIGINT then
 gives exit code 0.
@@ -152,10 +152,12 @@ def _soak(duration_s: float, start_process: Callable[..., ChildProcess], make_pr
     assert growth_mb < RSS_GROWTH_LIMIT_MB and max_growth_mb < RSS_GROWTH_LIMIT_MB, figures
     assert end["threads"] <= warm["threads"], f"threads grew: {figures}"
     assert end["fds"] <= warm["fds"], f"file descriptors grew: {figures}"
-    # stable: the last third's p99 within 20 % of the first third's (a leak, a growing queue or a
-    # slowing model would push it up)
+    # stable: the last third's tail at most 20 % above the first third's (a leak, a growing queue or
+    # a slowing model would push it up). One-sided: a last third faster than the first (allocator and
+    # caches still settling after the warm-up, or a neighbour that went quiet) is not a defect; CI
+    # once measured p95 155 -> 114 ms, which a two-sided check refused.
     if strict:
-        assert abs(tail_last / tail_first - 1.0) <= P99_DRIFT_LIMIT, f"latency p{tail_q} not stable: {figures}"
+        assert tail_last / tail_first - 1.0 <= P99_DRIFT_LIMIT, f"latency p{tail_q} grew: {figures}"
     else:
         warnings.warn(f"soak latency p99 first/last third {p99_first:.1f}/{p99_last:.1f} ms not checked: "
                       f"{figures['latency_p99_check']}")
