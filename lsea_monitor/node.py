@@ -133,7 +133,16 @@ class MonitorNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, args=(stop, warmed, ready), name="lsea_monitor_worker",
                                         daemon=True)
         self._worker.start()
-        ready.wait()
+        if not ready.wait(timeout=p.warmup_timeout_s or None):
+            # A warm-up that never returns (a wedged GPU, a compile that hangs) would keep the node in
+            # "activating" for ever; fail the transition instead. The worker cannot be interrupted: it
+            # is left behind like a hung inference at deactivate and blocks the next activate until it
+            # returns (it then sees its stop event and ends without serving).
+            stop.set()
+            self._stray_worker, self._worker = self._worker, None
+            self.stop_serving()
+            return self._fail("activate", f"warm-up did not finish within warmup_timeout_s ({p.warmup_timeout_s:g} s); "
+                              "raise it if the warm-up is only slow (torch.compile on a CPU), else restart the node")
         if "error" in warmed:
             self.stop_serving()
             return self._fail("activate", f"warm-up failed: {warmed['error']}")

@@ -83,6 +83,8 @@ SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("inference_timeout_s", "inference_timeout_s", 2.0, "Images arrive but none has got a verdict for "
               "this long (inference hung or slower than this) -> stalled ERROR verdicts and the flag raised; 0 "
               "disables the check (not for a vehicle).", LIVE, 0.0, 3600.0),
+    ParamSpec("warmup_timeout_s", "warmup_timeout_s", 300.0, "Activate fails if the warm-up (first passes, "
+              "torch.compile) takes longer; 0 waits without limit (not for a vehicle).", ACTIVATE, 0.0, 86400.0),
     ParamSpec("qos.reliability", "qos_reliability", "best_effort", "Reliability of the image subscription.", ACTIVATE,
               choices=("best_effort", "reliable")),
     ParamSpec("qos.depth", "qos_depth", 1, "History depth of the image subscription.", ACTIVATE, 1, 100),
@@ -119,6 +121,7 @@ class MonitorParams:
     clear_after: int = 5
     watchdog_timeout_s: float = 1.0
     inference_timeout_s: float = 2.0
+    warmup_timeout_s: float = 300.0
     qos_reliability: str = "best_effort"
     qos_depth: int = 1
     diagnostics_period_s: float = 1.0

@@ -375,3 +375,29 @@ def test_activate_is_refused_while_a_hung_worker_from_before_is_still_running(ru
     running["scorer"].release.set()
     stray.join(timeout=5)
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
+def test_a_warm_up_that_hangs_fails_activate_within_warmup_timeout_s(running: dict[str, Any]) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node, scorer = running["node"], running["scorer"]
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert node.set_parameters([Parameter("warmup_timeout_s", value=0.5)])[0].successful
+    scorer.warmup = lambda: scorer.release.wait(timeout=60)  # a wedged device: the first pass never returns
+    t0 = time.monotonic()
+    assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
+    assert time.monotonic() - t0 < 5.0
+    assert "warm-up did not finish within warmup_timeout_s (0.5 s)" in node._stats.snapshot(time.monotonic()).last_error
+    assert node._state_machine.current_state[1] == "inactive"
+    # the hung worker is left behind: no second worker beside it
+    assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
+    assert "previous activation is still running" in node._stats.snapshot(time.monotonic()).last_error
+    stray = node._stray_worker
+    scorer.release.set()
+    stray.join(timeout=5)
+    assert not stray.is_alive(), "the left-behind worker did not end once its warm-up returned"
+    scorer.release.clear()
+    scorer.warmup = lambda: None
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    running["pub"].publish(frame(0, 120))
+    assert verdict_for(running, 120)["is_ood"] == "false"
