@@ -158,6 +158,7 @@ class MonitorNode(LifecycleNode):
             ch.ood_pub = self.create_publisher(Bool, ch.camera.ood_topic, OUT_QOS)
             ch.sub = self.create_subscription(msg_type, ch.camera.topic, partial(self._on_image, camera=i), qos,
                                               callback_group=MutuallyExclusiveCallbackGroup())
+            ch.subscribed_topic = ch.sub.topic_name
             self.get_logger().info(f"Active: {p.input_type} images on {ch.sub.topic_name} ({p.qos_reliability}, "
                                    f"depth {p.qos_depth}) -> {ch.verdict_pub.topic_name}, {ch.ood_pub.topic_name}")
         self._watchdog = self.create_timer(0.1, self._on_watchdog, callback_group=self._groups[0])
@@ -186,13 +187,14 @@ class MonitorNode(LifecycleNode):
         with self._stop_serving_lock:
             with self._lock:
                 self._active = False
-            for entity, destroy in [(c.sub, self.destroy_subscription) for c in self._channels] + [
-                    (self._watchdog, self.destroy_timer)]:
+            # Cleared before they are destroyed: health and the watchdog run on other threads.
+            subs, watchdog = [c.sub for c in self._channels], self._watchdog
+            for ch in self._channels:
+                ch.sub, ch.subscribed_topic = None, ""
+            self._watchdog = None
+            for entity, destroy in [(s, self.destroy_subscription) for s in subs] + [(watchdog, self.destroy_timer)]:
                 if entity is not None:
                     destroy(entity)
-            for ch in self._channels:
-                ch.sub = None
-            self._watchdog = None
             self._stop.set()
             worker, self._worker = self._worker, None
             if worker is not None:
@@ -321,8 +323,7 @@ class MonitorNode(LifecycleNode):
                 self.get_logger().info(f"Images and verdicts are back on {ch.camera.topic}: the watchdog cleared.")
             if action not in ("stale", "stalled"):
                 continue
-            sub = ch.sub  # read once: stop_serving may clear it meanwhile
-            topic = sub.topic_name if sub is not None else ch.camera.topic
+            topic = ch.subscribed_topic or ch.camera.topic
             if action == "stale":
                 reason = f"stale: no image on {topic} for {ch.watchdog.idle_s(now_ns):.1f} s " \
                          f"(watchdog_timeout_s {timeout_s:g})"
@@ -340,14 +341,13 @@ class MonitorNode(LifecycleNode):
 
     def _publish_health(self) -> None:
         chans = list(self._channels)
-        subs = [c.sub for c in chans]  # read once: stop_serving may clear them meanwhile
         msg = node_msgs.health_array(
             self._stats.snapshot(time.monotonic()), name=f"{self.status_prefix}: health", state=self.state_label(),
             stale=any(c.watchdog.no_input for c in chans),
             stalled=any(c.watchdog.stalled for c in chans),
             invalid_streak=max((c.invalid_streak for c in chans), default=0),
             scorer=self._scorer, mc_samples=self.params.mc_samples,
-            input_topic=",".join(sub.topic_name for sub in subs if sub is not None), extra=health_values(chans),
+            input_topic=",".join(t for t in (c.subscribed_topic for c in chans) if t), extra=health_values(chans),
             flag=any(c.hysteresis.flag for c in chans) if chans else True)
         msg.header.stamp = self.get_clock().now().to_msg()
         with contextlib.suppress(Exception):  # shutting down

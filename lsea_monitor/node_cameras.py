@@ -172,6 +172,9 @@ class CameraChannel:
     hysteresis: Any
     watchdog: Watchdog
     sub: Any = None
+    #: the subscription's resolved topic while subscribed, else "" (other threads read this string,
+    #: never ``sub``: a destroyed subscription's ``topic_name`` raises)
+    subscribed_topic: str = ""
     verdict_pub: Any = None
     ood_pub: Any = None
     invalid_streak: int = 0  #: frames in a row that could not be judged (rejected or inference failed)
