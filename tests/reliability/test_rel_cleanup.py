@@ -33,6 +33,7 @@ CHILD = textwrap.dedent("""
         open(sys.argv[1], "w").write("SIGTERM")
         sys.exit(0)
     signal.signal(signal.SIGTERM, bye)
+    open(sys.argv[1] + ".ready", "w").close()
     time.sleep(600)
 """)
 
@@ -52,7 +53,10 @@ def _orphan_after_parent_kill(tmp_path: Path, use_pdeathsig: bool) -> tuple[int,
                               env={k: v for k, v in os.environ.items() if not k.startswith("_ROS_WHEELS")})
     try:
         child_pid = int(parent.stdout.readline())
-        time.sleep(0.5)  # the child installs its handler
+        ready, deadline = Path(f"{marker}.ready"), time.monotonic() + 30.0
+        while not ready.exists() and time.monotonic() < deadline:  # the child installs its handler
+            time.sleep(0.05)
+        assert ready.exists(), "the child never installed its SIGTERM handler"
         parent.kill()  # the "pytest" process dies hard
         parent.wait(timeout=10)
     finally:

@@ -91,8 +91,9 @@ def _watchdog_episode(probe: Any, t_last_sent: float, what: str) -> float:
     probe.wait_for(lambda p: len(_stale_after(p, t_last_sent)) >= 2, 20.0, f"two stale verdicts after {what}")
     stale = _stale_after(probe, t_last_sent)
     delay = stale[0].t_wall_s - t_last_sent
-    # not before the timeout; within it plus the 0.1 s watchdog tick and delivery on a busy machine
-    assert WATCHDOG_S * 0.9 <= delay <= WATCHDOG_S + 1.0, f"{what}: first stale verdict after {delay:.2f} s"
+    # not before the timeout; within it plus the 0.1 s watchdog tick and delivery (two processes and
+    # the probe's executor) on a busy 2-core machine
+    assert WATCHDOG_S * 0.9 <= delay <= WATCHDOG_S + 2.0, f"{what}: first stale verdict after {delay:.2f} s"
     for r in stale:
         v = kv(r.msg)
         assert r.msg.status[0].level == ERROR and v["valid"] == "false" and v["is_ood"] == "true", v
@@ -145,8 +146,8 @@ def test_faults_injected_from_outside_are_contained_and_survived(
         assert r.msg.status[0].level == ERROR and v["valid"] == "false", v
         assert v["is_ood"] == "true", f"the flag was not raised by a model fault: {v}"
         assert reason in v["reason"], v
-        _, flags, _ = probe.snapshot()
-        assert flags[-1].msg.data is True
+        # the flag travels on its own topic: it may arrive just after its verdict
+        probe.wait_for(lambda p: p.snapshot()[1][-1].msg.data is True, 5.0, "the flag raised by a model fault")
         assert node.alive(), node.log()[-3000:]
         figures["faults_injected"] += 1
         _clear_flag(probe, pub, ind, 30 + n)  # keeps serving: valid verdicts, the flag clears

@@ -7,7 +7,8 @@ verdict "rejected image: ..." counted in ``rejected`` on /diagnostics. The node 
 memory stays bounded, and its counters account for every message. Bursts then overrun the one-slot
 buffer (every message a verdict or a counted drop), and SIGINT / SIGTERM arrive mid-burst: exit 0.
 
-CI size: about 200 messages (LSEA_FUZZ_EXAMPLES scales it; LSEA_FUZZ_SEED replays a run).
+CI size: about 200 messages (LSEA_FUZZ_EXAMPLES scales it; LSEA_FUZZ_SEED replays a run, fixed by default,
+LSEA_FUZZ_SEED=random draws a new one).
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 SCALE = int(os.environ.get("LSEA_FUZZ_EXAMPLES", "0") or 0)
 N_RAW = max(SCALE * 2 // 3, 1) if SCALE else 130
 N_COMPRESSED = max(SCALE - N_RAW, 1) if SCALE else 70
-FUZZ_SEED = int(os.environ.get("LSEA_FUZZ_SEED") or random.SystemRandom().randrange(1 << 32))
+# A fixed seed by default: CI judges the code, not the day's draw (a new input that finds a defect
+# must not turn an unrelated change red). LSEA_FUZZ_SEED=random explores; the seed is printed and
+# recorded either way, so a run that finds something can be replayed.
+_SEED_SETTING = os.environ.get("LSEA_FUZZ_SEED", "").strip()
+FUZZ_SEED = (random.SystemRandom().randrange(1 << 32) if _SEED_SETTING == "random"
+             else int(_SEED_SETTING) if _SEED_SETTING else 20261130)
 VERDICT_TIMEOUT_S = 60.0
 RSS_GROWTH_LIMIT_MB = 150.0
 

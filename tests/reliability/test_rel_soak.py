@@ -1,8 +1,9 @@
 """Soak: a camera process at 30 Hz into a node process for a while, the node watched through /proc.
 
 After a warm-up: resident memory grows < 50 MB, threads and open file descriptors do not grow,
-the latency p99 of the last third of the frames is at most 20 % above the first third's (p95 when a
-third holds fewer than 1000 frames, as in the 60 s CI run), every
+the latency p99 of the last third of the frames is at most 20 % above the first third's (when a
+third holds fewer than 1000 frames, as in the 60 s CI run: the median within 20 % and p95 within
+50 %), every
 processed frame has its verdict and its flag (drops are counted, never silent), and SIGINT then
 gives exit code 0.
 
@@ -47,10 +48,14 @@ RATE_HZ = 30.0
 CI_SOAK_S = 60.0
 LONG_SOAK_S = float(os.environ.get("LSEA_SOAK_S", "0") or 0)
 RSS_GROWTH_LIMIT_MB = 50.0
-P99_DRIFT_LIMIT = 0.20
-# The tail percentile the drift check compares: p99 needs many frames per third to be more than one
-# scheduler hiccup (a 60 s run has ~200 per third: its p99 is the 2nd-largest value), so shorter runs
-# compare p95 with the same 20 % limit; both are recorded.
+# Latency drift: (percentile, most growth allowed) of the last third of the frames over the first.
+# p99 needs many frames per third to be more than one scheduler hiccup (a 60 s run judges 200-300 per
+# third: its p99 is the 2nd- or 3rd-largest value), so shorter runs check the median, which a leak, a growing
+# queue or a slowing model moves as well, within 20 %, and p95 within 50 %: with 200-300 frames a third,
+# the p95 of two thirds drawn from the same run differs by more than 20 % about one time in twenty
+# (measured by splitting one run's frames at random), which failed CI on an unchanged node.
+LONG_RUN_DRIFT_LIMITS = ((99, 0.20),)
+SHORT_RUN_DRIFT_LIMITS = ((50, 0.20), (95, 0.50))
 MIN_FRAMES_PER_THIRD_FOR_P99 = 1000
 EXTERNAL_LOAD_LIMIT_CORES = 0.25
 
@@ -77,9 +82,15 @@ def _soak(duration_s: float, start_process: Callable[..., ChildProcess], make_pr
         hv = wait_health(probe, lambda v: True, 5.0, "health after the stream", since_wall_s=time.time())
     assert rc_cam == 0, cam.log()[-2000:]
     assert node.alive(), f"the node died during the soak:\n{node.log()[-3000:]}"
-    verdicts, flags, _ = probe.snapshot()
     rc = node.stop(signal.SIGINT, timeout_s=30.0)
     assert rc == 0, f"SIGINT after the soak gave exit code {rc}:\n{node.log()[-3000:]}"
+    # after the node has stopped: a verdict and its flag travel on two topics, a snapshot taken while
+    # the node still publishes (stale verdicts once the stream ends) can hold one without the other
+    deadline = time.monotonic() + 5.0
+    verdicts, flags, _ = probe.snapshot()
+    while len(flags) != len(verdicts) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        verdicts, flags, _ = probe.snapshot()
 
     sent = read_sent(sent_log)
     assert sent, "the camera sent nothing"
@@ -116,8 +127,8 @@ def _soak(duration_s: float, start_process: Callable[..., ChildProcess], make_pr
     third = len(lat) // 3
     assert third >= 20, f"too few verdicts after the warm-up: {len(lat)}"
     p99_first, p99_last = percentile(lat[:third], 99), percentile(lat[-third:], 99)
-    tail_q = 99 if third >= MIN_FRAMES_PER_THIRD_FOR_P99 else 95
-    tail_first, tail_last = percentile(lat[:third], tail_q), percentile(lat[-third:], tail_q)
+    drift_limits = LONG_RUN_DRIFT_LIMITS if third >= MIN_FRAMES_PER_THIRD_FOR_P99 else SHORT_RUN_DRIFT_LIMITS
+    drift = [(q, limit, percentile(lat[:third], q), percentile(lat[-third:], q)) for q, limit in drift_limits]
     figures = {
         "duration_s": round(t_last - t_first, 1), "rate_hz": RATE_HZ, "warmup_s": warmup_s,
         "sent": len(sent), "received": received, "processed": processed, "dropped": dropped,
@@ -144,20 +155,21 @@ def _soak(duration_s: float, start_process: Callable[..., ChildProcess], make_pr
     # Tail latency on a 2-core machine measures the machine as much as the node: the p99 criterion
     # is enforced when nothing else competed for the CPUs (or with LSEA_SOAK_STRICT=1).
     strict = os.environ.get("LSEA_SOAK_STRICT") == "1" or cpu["external_cores"] <= EXTERNAL_LOAD_LIMIT_CORES
-    figures["latency_drift_check"] = {"percentile": tail_q, "first_third_ms": round(tail_first, 1),
-                                      "last_third_ms": round(tail_last, 1), "ratio": round(tail_last / tail_first, 3)}
+    figures["latency_drift_check"] = [{"percentile": q, "max_growth": limit, "first_third_ms": round(first, 1),
+                                       "last_third_ms": round(last, 1), "ratio": round(last / first, 3)}
+                                      for q, limit, first, last in drift]
     figures["latency_p99_check"] = "enforced" if strict else (
         f"not enforced: other processes used {cpu['external_cores']} of {cpu['cpus']} cores")
     record(section, figures)
     assert growth_mb < RSS_GROWTH_LIMIT_MB and max_growth_mb < RSS_GROWTH_LIMIT_MB, figures
     assert end["threads"] <= warm["threads"], f"threads grew: {figures}"
     assert end["fds"] <= warm["fds"], f"file descriptors grew: {figures}"
-    # stable: the last third's tail at most 20 % above the first third's (a leak, a growing queue or
-    # a slowing model would push it up). One-sided: a last third faster than the first (allocator and
-    # caches still settling after the warm-up, or a neighbour that went quiet) is not a defect; CI
-    # once measured p95 155 -> 114 ms, which a two-sided check refused.
+    # stable: the last third's latency no more than the limits above the first third's. One-sided: a
+    # last third faster than the first (allocator and caches still settling after the warm-up, or a
+    # neighbour that went quiet) is not a defect; CI once measured p95 155 -> 114 ms.
     if strict:
-        assert tail_last / tail_first - 1.0 <= P99_DRIFT_LIMIT, f"latency p{tail_q} grew: {figures}"
+        for q, limit, first, last in drift:
+            assert last / first - 1.0 <= limit, f"latency p{q} grew by more than {limit:.0%}: {figures}"
     else:
         warnings.warn(f"soak latency p99 first/last third {p99_first:.1f}/{p99_last:.1f} ms not checked: "
                       f"{figures['latency_p99_check']}")

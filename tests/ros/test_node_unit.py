@@ -136,13 +136,12 @@ def test_watchdog_repeats_stale_verdicts_then_recovers(running: dict[str, Any]) 
     assert flags and all(flags)
     gaps = [(b.header.stamp.sec + b.header.stamp.nanosec * 1e-9) - (a.header.stamp.sec + a.header.stamp.nanosec * 1e-9)
             for a, b in zip(stale, stale[1:])]
-    assert all(0.3 < g < 1.0 for g in gaps), gaps
+    # not every watchdog tick (0.1 s), not one per many timeouts (the upper bound leaves room for a
+    # timer delayed on a loaded machine)
+    assert all(0.3 < g < 2.0 for g in gaps), gaps
     running["pub"].publish(frame(0, 50))
     assert verdict_for(running, 50)["is_ood"] == "false"  # clear_after 1: recovered
-    time.sleep(0.3)
-    with running["lock"]:
-        health = [h for h in running["health"] if h.status[0].name == "unit/lsea_monitor: health"]
-    assert health and health[-1].status[0].level == b"\x00"
+    wait_for(lambda: last_health(running) is not None and last_health(running).level == b"\x00", 3.0)
 
 
 def test_max_rate_limits_processing_and_counts_drops(running: dict[str, Any]) -> None:
@@ -159,7 +158,7 @@ def test_max_rate_limits_processing_and_counts_drops(running: dict[str, Any]) ->
     time.sleep(0.5)
     snap = node._stats.snapshot(time.monotonic())
     # (depth 1: DDS itself may replace a message the executor had not taken yet: not "received")
-    assert snap.received >= 30 and snap.dropped >= snap.received - processed - 2
+    assert snap.received >= 20 and snap.dropped >= snap.received - processed - 2
 
 
 def test_runtime_hysteresis_change_restarts_raised(running: dict[str, Any]) -> None:
@@ -306,8 +305,7 @@ def test_a_hung_inference_gives_stalled_verdicts_and_health_error_then_recovers(
     values = {kv.key: kv.value for kv in stalled.status[0].values}
     assert stalled.status[0].level == b"\x02" and values["is_ood"] == "true" and values["valid"] == "false"
     assert "none has got a verdict" in values["reason"] and "inference_timeout_s 0.5" in values["reason"]
-    with running["lock"]:
-        assert running["flags"][-1].data is True
+    wait_for(lambda: running["flags"][-1].data is True, 3.0)  # the flag travels on its own topic
     wait_for(lambda: health_says(running, "inference stalled"), 3.0)
     assert last_health(running).level == b"\x02"
     running["scorer"].release.set()  # the pass returns: verdicts again, the watchdog clears
@@ -335,15 +333,16 @@ def test_frames_that_cannot_be_judged_make_health_error_until_one_can(running: d
 
 def test_lifting_the_rate_limit_applies_at_once(running: dict[str, Any]) -> None:
     node, pub = running["node"], running["pub"]
-    node.set_parameters([Parameter("max_rate_hz", value=0.6)])  # the worker then rests 1.7 s after a frame
+    assert node.set_parameters([Parameter("inference_timeout_s", value=30.0)])[0].successful
+    node.set_parameters([Parameter("max_rate_hz", value=0.1)])  # the worker then rests 10 s after a frame
     pub.publish(frame(0, 80))
     verdict_for(running, 80)
     assert node.set_parameters([Parameter("max_rate_hz", value=0.0)])[0].successful
     t0 = time.monotonic()
     pub.publish(frame(0, 81))
     verdict_for(running, 81)
-    assert time.monotonic() - t0 < 1.2  # not the rest of the old 1.7 s period
-    (refused,) = node.set_parameters([Parameter("max_rate_hz", value=0.4)])
+    assert time.monotonic() - t0 < 5.0  # not the rest of the old 10 s period
+    (refused,) = node.set_parameters([Parameter("max_rate_hz", value=0.02)])  # 50 s >= inference_timeout_s
     assert not refused.successful and "inference_timeout_s" in refused.reason
 
 
