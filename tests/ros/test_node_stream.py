@@ -165,7 +165,7 @@ def test_latency_and_accounting_at_10hz(
     sent = run_publisher(ros_env, tmp_path, npz=stream_frames.npz, plan=plan, rate_hz=10.0, topic=probe.image_topic)
     sent_by_key = {(s["sec"], s["nanosec"]): s for s in sent}
 
-    def settled() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    def settled() -> tuple[list[Any], list[Any], list[Any]]:
         """The probe's messages once the last frame's verdict, its flag and a health message that
         counts it are in (a snapshot while they travel on three topics can hold one without another)."""
         deadline = time.monotonic() + 15.0
@@ -175,10 +175,10 @@ def test_latency_and_accounting_at_10hz(
             counted = {kv.key: kv.value for kv in health[-1].msg.status[0].values} if health else {}
             if (len(flags) == len(verdicts) and counted and int(counted["processed"]) == len(matched)
                     and health[-1].t_wall_s > max(s["t_wall_s"] for s in sent) + 1.0) or time.monotonic() > deadline:
-                return verdicts, flags, health, matched
+                return verdicts, flags, health
             time.sleep(0.2)
 
-    verdicts, flags, health, _ = settled()
+    verdicts, flags, health = settled()
     rc = node.stop(signal.SIGINT)
     assert rc == 0, node.log()[-3000:]
 
