@@ -18,6 +18,7 @@ otherwise it is recorded with the reason and a warning. Memory, threads and fds 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import signal
@@ -110,7 +111,11 @@ def _soak(duration_s: float, start_process: Callable[..., ChildProcess], make_pr
     assert len({stamp_of(r.msg.header) for r in frames}) == len(frames), "a frame got two verdicts"
     assert all(stamp_of(r.msg.header) in sent_at for r in frames)
     assert received <= len(sent)
-    stale_while_streaming = [r for r in stale if t_first + 1.0 < r.t_wall_s < t_last]
+    # A stale verdict is the node's fault only if the camera did send in the second before it (the
+    # vehicle's 1 s watchdog); a camera process starved for a second on a loaded machine is not.
+    sent_times = sorted(s["t_wall_s"] for s in sent)
+    stale_while_streaming = [r for r in stale if t_first + 1.0 < r.t_wall_s < t_last
+                             and r.t_wall_s - sent_times[bisect.bisect_right(sent_times, r.t_wall_s) - 1] < 0.9]
     assert not stale_while_streaming, f"stale verdicts while the camera streamed at {RATE_HZ} Hz"
 
     # memory, threads, file descriptors: from the end of the warm-up to the end of the stream
