@@ -11,7 +11,8 @@ Examples::
 Exit codes: 0 complete and every check passed; 1 internal error; 2 bad input (no such bag, missing
 topic, empty bag, unsupported encoding, bad ground truth or parameters); 3 corrupted or truncated
 bag (the report, if any, says INCOMPLETE); 4 offline and live scores disagree (``--mode both``);
-5 live mode failed (node did not start or answer).
+5 live mode failed (node did not start or answer, or exited non-zero); 6 nothing to evaluate (a mode
+got no valid verdict, or live verdicts could not be matched to repeated header stamps).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from lsea_monitor.replay.errors import (
     EXIT_CORRUPT,
     EXIT_DISAGREE,
     EXIT_INTERNAL,
+    EXIT_LIVE,
     EXIT_OK,
+    EXIT_UNJUDGED,
     EXIT_USAGE,
     LiveModeError,
     ReplayError,
@@ -234,9 +237,6 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
                                              batch_size=args.batch_size, restamp=args.restamp, progress=progress)
             if not results["offline"].complete:
                 problems.append(f"offline: {results['offline'].error}")
-            if results["offline"].extra.get("duplicate_header_stamps") and args.mode != "offline" and not args.restamp:
-                problems.append(f"{results['offline'].extra['duplicate_header_stamps']} frame(s) repeat a header "
-                                "stamp: live verdicts cannot be matched to them reliably (use --restamp)")
         if args.mode in ("live", "both") and ("offline" not in results or results["offline"].complete):
             from lsea_monitor.replay.live import LiveConfig, run_live
 
@@ -268,9 +268,22 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
         n_frames = max((len(r.frames) for r in results.values()), default=0)
         for name, res in results.items():
             report["modes"][name] = _summarize(res, gt=gt, threshold=threshold, info=info, n_frames=n_frames)
-        complete = bool(results) and all(r.complete for r in results.values()) and len(results) == (
+        unjudged = [name for name, m in report["modes"].items() if m["n_valid"] == 0]
+        for name in unjudged:  # fail closed: no metric of a mode that judged nothing may read as a result
+            problems.append(f"{name}: no frame got a valid verdict ({report['modes'][name]['n_judged']} judged, all "
+                            "invalid); its figures say nothing about the monitor")
+        live = results.get("live")
+        duplicates = live.extra.get("duplicate_header_stamps", 0) if live is not None else 0
+        unmatchable = bool(duplicates) and not args.restamp  # live verdicts are matched to frames by header stamp
+        if unmatchable:
+            problems.append(f"live: {duplicates} frame(s) repeat a header stamp, so live verdicts cannot be matched "
+                            "to their frames; rerun with --restamp")
+        read_through = bool(results) and all(r.complete for r in results.values()) and len(results) == (
             2 if args.mode == "both" else 1)
-        code = EXIT_OK if complete else EXIT_CORRUPT
+        complete = read_through and not unjudged and not unmatchable
+        code = EXIT_OK if complete else EXIT_UNJUDGED if read_through else EXIT_CORRUPT
+        if live is not None and live.extra.get("error_type") == LiveModeError.__name__:
+            code = EXIT_LIVE  # the node failed (e.g. died while its last verdicts were awaited)
         if live_error is not None:
             code = live_error.exit_code
         if "offline" in results and "live" in results:
@@ -344,10 +357,14 @@ def _print_summary(report: dict[str, Any]) -> None:
         dd = m.get("detection_delay")
         if dd:
             s = dd["summary"]
-            parts.append(f"detected {s['n_detected']}/{s['n_intervals']} mean delay {rep._f(s['delay_s_mean'], '.2f')} s")
+            parts.append(f"detected {s['n_detected']}/{s['n_judged_intervals']}"
+                         + (f" ({s['n_not_judged']} not judged)" if s["n_not_judged"] else "")
+                         + f" mean delay {rep._f(s['delay_s_mean'], '.2f')} s"
+                         + ("" if s["armed_at_s"] is not None else "; the flag was NEVER lowered"))
         fa = m.get("false_alarms")
         if fa:
-            parts.append(f"false alarms {fa['false_alarms']} ({rep._f(fa['false_alarms_per_hour'], '.1f')}/h InD)")
+            parts.append(f"false alarms {fa['false_alarms']} ({rep._f(fa['false_alarms_per_hour'], '.1f')}/h InD, "
+                         f"flag raised on {rep._f(fa['ind_frames_flagged'], '.3f')} of InD frames)")
         print(f"  {name}: " + "; ".join(parts))
     ag = report.get("agreement")
     if ag:

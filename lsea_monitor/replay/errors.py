@@ -11,6 +11,8 @@ Every class carries the process exit code that ``lsea-replay-eval`` returns for 
      and marked INCOMPLETE
  4   ``--mode both``: offline and live scores disagree beyond the tolerance
  5   live mode failed: the node did not start, died, or never answered
+ 6   nothing to evaluate: a mode got no valid verdict, or live verdicts could not be
+     matched to their frames (repeated header stamps without ``--restamp``)
 ===  ==================================================================================
 """
 
@@ -24,6 +26,7 @@ EXIT_USAGE = 2
 EXIT_CORRUPT = 3
 EXIT_DISAGREE = 4
 EXIT_LIVE = 5
+EXIT_UNJUDGED = 6
 
 
 class ReplayError(LseaError):

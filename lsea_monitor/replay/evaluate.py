@@ -4,9 +4,14 @@ Inputs are per judged frame, in time order: ``stamps_ns`` (bag time), ``scores``
 safe; NaN where invalid), ``valid``, ``flags`` (the debounced flag after the frame) and the ground
 truth ``intervals`` (``[start_ns, end_ns)``). Definitions (the report quotes them):
 
-* **detection delay** of an OoD interval: bag time from its onset to the first judged frame inside
-  it whose flag is raised (a flag still raised from before counts at once). No such frame before the
-  interval ends: the interval is *missed*.
+* **armed**: from the first judged frame after which the flag is lowered. The flag starts raised
+  (fail closed) and that start-up raise says nothing about the images, so frames before it neither
+  detect nor alarm.
+* **detection delay** of an OoD interval: bag time from its onset to the first armed judged frame
+  inside it whose flag is raised (a flag still raised from an earlier OoD frame counts at once). No
+  such frame before the interval ends: the interval is *missed*. No armed judged frame inside it
+  (every frame dropped, or the monitor not yet armed): *not judged*, left out of the detection
+  rate and counted apart.
 * **false alarm**: a rising edge of the flag (lowered after one frame, raised after the next) at a
   frame outside every OoD interval. The flag starts raised (fail closed), so the first lowering is
   not an alarm. **Per hour of InD driving**: divided by the driving span minus its OoD part; the
@@ -84,9 +89,21 @@ def flag_confusion(flags: Sequence[bool] | np.ndarray, is_ood: Sequence[bool] | 
             "n_ood": n_ood, "n_ind": n_ind}
 
 
+def armed_index(flags: Sequence[bool] | np.ndarray, *, initial_flag: bool = True) -> int | None:
+    """Index of the first frame from which the flag says something: the first lowered flag when it
+    starts raised (``initial_flag``), else 0; None when it is never lowered (no frame is armed)."""
+    f = _arr(flags, bool)
+    if not initial_flag:
+        return 0 if f.size else None
+    lowered = np.flatnonzero(~f)
+    return int(lowered[0]) if lowered.size else None
+
+
 def detection_delays(stamps_ns: Sequence[int] | np.ndarray, flags: Sequence[bool] | np.ndarray,
-                     intervals: Sequence[Interval], *, origin_ns: int = 0) -> dict[str, Any]:
-    """Per OoD interval: detected or missed, delay from onset to the first raised flag, and a summary.
+                     intervals: Sequence[Interval], *, origin_ns: int = 0, initial_flag: bool = True
+                     ) -> dict[str, Any]:
+    """Per OoD interval: detected, missed or not judged, delay from onset to the first raised flag of
+    an armed frame, and a summary.
 
     Parameters
     ----------
@@ -99,27 +116,35 @@ def detection_delays(stamps_ns: Sequence[int] | np.ndarray, flags: Sequence[bool
     Returns
     -------
     dict
-        ``intervals``: list of ``{label, start_s, end_s, duration_s, n_frames, detected, delay_s,
-        frames_to_detect, flagged_fraction}`` (``delay_s`` None when missed); ``summary``:
-        ``n_intervals, n_detected, detection_rate, delay_s_mean, delay_s_median, delay_s_max``.
+        ``intervals``: list of ``{label, start_s, end_s, duration_s, n_frames, n_armed_frames, status,
+        detected, delay_s, frames_to_detect, flagged_fraction}`` (``status`` detected / missed / not
+        judged; ``delay_s`` None unless detected); ``summary``: ``n_intervals, n_judged_intervals,
+        n_not_judged, n_detected, detection_rate`` (over the judged intervals; NaN when none),
+        ``delay_s_mean, delay_s_median, delay_s_max, armed_at_s`` (None: the flag was never lowered).
     """
     stamps, f = _arr(stamps_ns, np.int64), _arr(flags, bool)
+    armed = armed_index(f, initial_flag=initial_flag)
     rows, delays = [], []
     for iv in intervals:
         inside = np.flatnonzero((stamps >= iv.start_ns) & (stamps < iv.end_ns))
-        raised = inside[f[inside]] if inside.size else inside
+        armed_inside = inside[inside >= armed] if armed is not None else inside[:0]
+        raised = armed_inside[f[armed_inside]]
         detected = bool(raised.size)
+        status = "detected" if detected else ("missed" if armed_inside.size else "not judged")
         delay_s = (int(stamps[raised[0]]) - iv.start_ns) / 1e9 if detected else None
         if delay_s is not None:
             delays.append(delay_s)
         rows.append({"label": iv.label, "start_s": (iv.start_ns - origin_ns) / 1e9,
                      "end_s": (iv.end_ns - origin_ns) / 1e9, "duration_s": iv.duration_s,
-                     "n_frames": int(inside.size), "detected": detected, "delay_s": delay_s,
-                     "frames_to_detect": int(np.searchsorted(inside, raised[0]) + 1) if detected else None,
+                     "n_frames": int(inside.size), "n_armed_frames": int(armed_inside.size), "status": status,
+                     "detected": detected, "delay_s": delay_s,
+                     "frames_to_detect": int(np.searchsorted(armed_inside, raised[0]) + 1) if detected else None,
                      "flagged_fraction": float(f[inside].mean()) if inside.size else NAN})
     n = len(rows)
-    summary = {"n_intervals": n, "n_detected": len(delays),
-               "detection_rate": len(delays) / n if n else NAN,
+    n_judged = sum(r["status"] != "not judged" for r in rows)
+    summary = {"n_intervals": n, "n_judged_intervals": n_judged, "n_not_judged": n - n_judged,
+               "n_detected": len(delays), "detection_rate": len(delays) / n_judged if n_judged else NAN,
+               "armed_at_s": (int(stamps[armed]) - origin_ns) / 1e9 if armed is not None else None,
                "delay_s_mean": float(np.mean(delays)) if delays else NAN,
                "delay_s_median": float(np.median(delays)) if delays else NAN,
                "delay_s_max": float(np.max(delays)) if delays else NAN}
@@ -152,7 +177,8 @@ def false_alarms(stamps_ns: Sequence[int] | np.ndarray, flags: Sequence[bool] | 
     hours = ind_ns / 3.6e12
     n_ind = int((~ood).sum())
     return {"false_alarms": len(alarms), "ind_hours": hours,
-            "false_alarms_per_hour": len(alarms) / hours if hours > 0 else NAN,
+            # no judged frame: no alarm could have been seen, so no rate (not 0 per hour)
+            "false_alarms_per_hour": len(alarms) / hours if hours > 0 and stamps.size else NAN,
             "alarm_stamps_ns": alarms,
             "ind_frames_flagged": float((f & ~ood).sum() / n_ind) if n_ind else NAN}
 
@@ -218,6 +244,6 @@ def summarize(*, stamps_ns: Sequence[int], scores: Sequence[float], valid: Seque
     y = in_intervals(st, intervals)
     out["detection_quality"] = detection_quality(sc, y, ok, threshold)
     out["flag_frames"] = flag_confusion(flags, y)
-    out["detection_delay"] = detection_delays(st, flags, intervals, origin_ns=origin_ns)
+    out["detection_delay"] = detection_delays(st, flags, intervals, origin_ns=origin_ns, initial_flag=initial_flag)
     out["false_alarms"] = false_alarms(st, flags, intervals, span_ns=span, initial_flag=initial_flag)
     return out

@@ -324,6 +324,12 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
         if node_proc is not None:
             code = node_proc.stop()
             result.extra["node_exit_code"] = code
+            if code not in (0, None) and result.complete:
+                # it died while the last verdicts were awaited (a death during playback raised above)
+                result.complete = False
+                result.error = (f"the monitor node exited with code {code} after playback; its last frames may "
+                                f"have no verdict. Its log ({node_proc.log_path}):\n{_tail(node_proc.log_path)}")
+                result.extra["error_type"] = LiveModeError.__name__
 
     # 4. match verdicts to frames by header stamp
     by_index: dict[int, Verdict] = {}

@@ -159,12 +159,16 @@ def markdown(report: Mapping[str, Any]) -> str:
         row("AUPR-Out", lambda m: m["detection_quality"]["aupr_out"])
         row("FPR@95TPR (OoD positive)", lambda m: m["detection_quality"]["fpr_at_95_tpr_ood_positive"])
         row("FPR@95TPR (InD positive)", lambda m: m["detection_quality"]["fpr_at_95_tpr_ind_positive"])
-        row("OoD intervals detected", lambda m: f"{m['detection_delay']['summary']['n_detected']} / "
-            f"{m['detection_delay']['summary']['n_intervals']}", "")
+        row("OoD intervals detected / judged", lambda m: f"{m['detection_delay']['summary']['n_detected']} / "
+            f"{m['detection_delay']['summary']['n_judged_intervals']}", "")
+        row("OoD intervals not judged", lambda m: m["detection_delay"]["summary"]["n_not_judged"], "d")
+        row("armed at [s] (flag first lowered)", lambda m: m["detection_delay"]["summary"]["armed_at_s"]
+            if m["detection_delay"]["summary"]["armed_at_s"] is not None else "NEVER", ".2f")
         row("detection delay mean [s]", lambda m: m["detection_delay"]["summary"]["delay_s_mean"], ".3f")
         row("detection delay max [s]", lambda m: m["detection_delay"]["summary"]["delay_s_max"], ".3f")
         row("false alarms", lambda m: m["false_alarms"]["false_alarms"], "d")
         row("false alarms / h InD", lambda m: m["false_alarms"]["false_alarms_per_hour"], ".1f")
+        row("InD frames with the flag raised", lambda m: m["false_alarms"]["ind_frames_flagged"], ".3f")
         row("latency p50 [ms]", lambda m: m["latency"]["p50_ms"], ".1f")
         row("latency p99 [ms]", lambda m: m["latency"]["p99_ms"], ".1f")
         row("dropped frames", lambda m: m["dropped"], "d")
@@ -178,7 +182,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append("|---|---|---|---|---|---|---|---|")
             for i, r in enumerate(dd["intervals"]):
                 lines.append(f"| {i} | {r['label'] or '-'} | {_f(r['start_s'], '.2f')} | {_f(r['end_s'], '.2f')} | "
-                             f"{r['n_frames']} | {'yes' if r['detected'] else 'MISSED'} | {_f(r['delay_s'], '.3f')} | "
+                             f"{r['n_frames']} | {r['status'].upper() if r['status'] != 'detected' else 'yes'} | {_f(r['delay_s'], '.3f')} | "
                              f"{_f(r['frames_to_detect'], 'd')} |")
             lines.append("")
     ag = report.get("agreement")
@@ -204,8 +208,11 @@ def markdown(report: Mapping[str, Any]) -> str:
 
 DEFINITIONS = {
     "bag time": "rosbag2 log timestamps; t = 0 is the bag's earliest message",
-    "detection delay": "bag time from an OoD interval's onset to the first judged frame inside it with the flag "
-                       "raised; none before the interval ends = missed",
+    "armed": "from the first judged frame after which the flag is lowered: the flag starts raised (fail closed) "
+             "and that start-up raise neither detects nor alarms",
+    "detection delay": "bag time from an OoD interval's onset to the first armed judged frame inside it with the "
+                       "flag raised; none before the interval ends = missed; no armed judged frame inside it = not "
+                       "judged (left out of the detection rate, counted apart)",
     "false alarm": "a rising edge of the flag at a frame outside every OoD interval; per hour of InD driving = "
                    "divided by the driving span (first frame to last frame + one median period) minus its OoD part",
     "fraction judged": "frames with a verdict / frames on the image topic (ERROR verdicts count as judged; valid "

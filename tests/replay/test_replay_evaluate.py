@@ -59,18 +59,41 @@ def test_detection_delay_oracle() -> None:
     assert s["delay_s_mean"] == pytest.approx(0.2) and s["delay_s_max"] == pytest.approx(0.2)
 
 
-def test_detection_delay_missed_and_already_raised() -> None:
-    intervals = [Interval(t(0.05), t(0.25)),  # flag still raised from the start: first frame inside is 0.1 s
+def test_detection_delay_missed_already_raised_and_not_judged() -> None:
+    intervals = [Interval(t(0.0), t(0.15)),  # frames 0, 1: the start-up raise, before the flag was first lowered
                  Interval(t(0.3), t(0.5)),  # frames 3, 4: flag lowered -> missed
-                 Interval(t(2.5), t(3.0))]  # no frame at all -> missed, n_frames 0
+                 Interval(t(0.75), t(0.95)),  # frames 8, 9: still raised from frame 7 -> detected at once
+                 Interval(t(2.5), t(3.0))]  # no frame at all -> not judged, n_frames 0
     out = detection_delays(STAMPS, FLAGS, intervals, origin_ns=T0)
-    first, missed, empty = out["intervals"]
-    assert first["detected"] and first["delay_s"] == pytest.approx(0.05) and first["frames_to_detect"] == 1
-    assert not missed["detected"] and missed["delay_s"] is None and missed["n_frames"] == 2
-    assert not empty["detected"] and empty["n_frames"] == 0 and math.isnan(empty["flagged_fraction"])
+    startup, missed, raised, empty = out["intervals"]
+    assert startup["status"] == "not judged" and not startup["detected"] and startup["delay_s"] is None
+    assert startup["n_frames"] == 2 and startup["n_armed_frames"] == 0
+    assert missed["status"] == "missed" and missed["delay_s"] is None and missed["n_frames"] == 2
+    assert raised["status"] == "detected" and raised["delay_s"] == pytest.approx(0.05)
+    assert raised["frames_to_detect"] == 1
+    assert empty["status"] == "not judged" and empty["n_frames"] == 0 and math.isnan(empty["flagged_fraction"])
     s = out["summary"]
-    assert s["n_detected"] == 1 and s["detection_rate"] == pytest.approx(1 / 3)
-    assert s["delay_s_median"] == pytest.approx(0.05)
+    assert (s["n_intervals"], s["n_judged_intervals"], s["n_not_judged"], s["n_detected"]) == (4, 2, 2, 1)
+    assert s["detection_rate"] == pytest.approx(1 / 2) and s["delay_s_median"] == pytest.approx(0.05)
+    assert s["armed_at_s"] == pytest.approx(0.2)  # frame 2: the first lowered flag
+
+
+def test_a_flag_never_lowered_detects_nothing_and_its_rates_say_so() -> None:
+    """Fail closed at start-up is no detection: a monitor stuck at 'raised' judged no interval."""
+    stuck = [True] * len(STAMPS)
+    out = detection_delays(STAMPS, stuck, INTERVALS, origin_ns=T0)
+    assert [r["status"] for r in out["intervals"]] == ["not judged", "not judged"]
+    s = out["summary"]
+    assert s["armed_at_s"] is None and s["n_detected"] == 0 and math.isnan(s["detection_rate"])
+    fa = false_alarms(STAMPS, stuck, INTERVALS, span_ns=driving_span(STAMPS))
+    assert fa["false_alarms"] == 0 and fa["ind_frames_flagged"] == 1.0  # the figure that tells
+    # a flag that does not start raised is armed from the first frame
+    assert detection_delays(STAMPS, stuck, INTERVALS, initial_flag=False)["summary"]["n_detected"] == 2
+
+
+def test_no_judged_frame_gives_no_false_alarm_rate() -> None:
+    fa = false_alarms([], [], INTERVALS, span_ns=driving_span(STAMPS))
+    assert fa["false_alarms"] == 0 and math.isnan(fa["false_alarms_per_hour"])
 
 
 def test_false_alarms_per_hour_oracle() -> None:

@@ -112,3 +112,19 @@ def test_node_that_cannot_start_is_a_clear_live_error(replay_monitor, demo_bags,
     assert "monitor node exited" in proc.stderr and "missing.safetensors" in proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["status"]["error_type"] == "LiveModeError" and not report["status"]["complete"]
+
+
+def test_repeated_header_stamps_are_not_evaluated_live(replay_monitor, tmp_path: Path, ros_env) -> None:
+    """Live verdicts are matched to frames by header stamp: with every frame on one stamp a verdict
+    could land on another frame, so the tool refuses to call it a result (exit 6) unless --restamp."""
+    from lsea_replay_testutil import CAMERA, START_NS, write_bag
+
+    bag = write_bag(tmp_path / "same_stamp", n=6, header_stamps_ns=[START_NS] * 6).path
+    out = tmp_path / "eval"
+    proc = run_tool([str(bag), "--image-topic", CAMERA, "--mode", "live", "--rate", "1.0", "--out", str(out),
+                     *monitor_args(replay_monitor)], ros_env)
+    assert proc.returncode == 6, proc.stderr[-3000:] + proc.stdout[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["modes"]["live"]["run"]["duplicate_header_stamps"] == 5
+    assert any("repeat a header stamp" in p and "--restamp" in p for p in report["status"]["problems"])
+    assert "INCOMPLETE (exit 6)" in proc.stdout

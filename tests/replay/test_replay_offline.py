@@ -217,6 +217,38 @@ def test_cli_truncated_bag_is_incomplete(make_bag, tmp_path: Path, cli_fake: Fak
     assert "INCOMPLETE (exit 3)" in capsys.readouterr().out
 
 
+def test_cli_no_valid_verdict_is_not_a_result(make_bag, tmp_path: Path, cli_fake: FakeScorer,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """Every frame undecodable: the run must not read 'COMPLETE, detected 1/1, 0 false alarms'."""
+    ood = {4, 5, 6}
+    spec = make_bag(images=bright_dark(10, ood), gt=[i in ood for i in range(10)], bad_data_at=list(range(10)))
+    out = tmp_path / "eval"
+    assert run_cli(spec.path, out, "--gt-topic", GT) == 6
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"]["complete"] is False and report["status"]["exit_code"] == 6
+    assert any("no frame got a valid verdict" in p for p in report["status"]["problems"])
+    m = report["modes"]["offline"]
+    assert m["n_valid"] == 0 and m["detection_delay"]["summary"]["n_detected"] == 0
+    assert m["detection_delay"]["summary"]["armed_at_s"] is None  # invalid frames keep the flag raised
+    printed = capsys.readouterr().out
+    assert "INCOMPLETE (exit 6)" in printed and "the flag was NEVER lowered" in printed
+
+
+def test_cli_startup_raise_is_not_a_detection(make_bag, tmp_path: Path, cli_fake: FakeScorer,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """OoD from the first frame, a monitor that scores every frame InD: the start-up raise (fail
+    closed) must not count as detecting it."""
+    ood = {0, 1, 2, 3}
+    spec = make_bag(images=bright_dark(16, set()), gt=[i in ood for i in range(16)])  # all dark: all InD
+    out = tmp_path / "eval"
+    assert run_cli(spec.path, out, "--gt-topic", GT) == 0
+    dd = json.loads((out / "report.json").read_text())["modes"]["offline"]["detection_delay"]
+    assert dd["intervals"][0]["status"] == "not judged" and dd["summary"]["n_detected"] == 0
+    assert dd["summary"]["n_not_judged"] == 1 and dd["summary"]["detection_rate"] is None  # NaN in JSON: null
+    assert "detected 0/0 (1 not judged)" in capsys.readouterr().out
+    assert "| 0 | - | 0.00 | 0.40 | 4 | NOT JUDGED |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("case, code, match", [
     ("missing_topic", 2, "'/front/image' is not in bag"),
     ("empty", 2, "is empty: it holds no message"),
