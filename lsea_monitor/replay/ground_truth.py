@@ -26,7 +26,9 @@ Each interval uses one pair: ``start_s``/``end_s`` (seconds relative to the bag 
 ``start_ns``/``end_ns`` (ns relative to the bag start) or ``start_abs_ns``/``end_abs_ns`` (absolute
 bag time in ns, i.e. the log timestamps ``ros2 bag info`` shows). "Bag start" is the log time of the
 bag's earliest message (any topic). Intervals are half-open ``[start, end)``: a frame whose bag time
-is ``t`` is OoD iff ``start <= t < end``. Overlapping or touching intervals are merged.
+is ``t`` is OoD iff ``start <= t < end``. Overlapping or touching intervals are merged. Unknown keys
+or columns (a misspelt ``intervals`` or ``label``) are errors, never ignored: a drive without OoD
+says so with ``intervals: []``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,10 @@ def from_topic(bag: Any, topic: str) -> GroundTruth:
 
 
 def _interval_from_row(row: Mapping[str, Any], *, bag_start_ns: int, where: str) -> Interval:
+    known = {k for k0, k1, _, _ in TIME_KEYS for k in (k0, k1)} | {"label"}
+    unknown = sorted(str(k) for k in row if k not in known)
+    if unknown:  # e.g. 'lable', or 'end' for 'end_s': silently dropped, it would change the evaluation
+        raise GroundTruthError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}.")
     for k0, k1, scale, relative in TIME_KEYS:
         if k0 in row or k1 in row:
             if row.get(k0) in (None, "") or row.get(k1) in (None, ""):
@@ -168,8 +174,11 @@ def from_yaml(path: str | os.PathLike[str], *, bag_start_ns: int) -> GroundTruth
         raise GroundTruthError(f"Ground-truth file {p} is not valid YAML: {err}") from err
     if isinstance(doc, list):
         rows = doc
-    elif isinstance(doc, dict) and isinstance(doc.get("intervals", []), list):
-        rows = doc.get("intervals") or []
+    elif isinstance(doc, dict) and isinstance(doc.get("intervals"), list) and set(doc) == {"intervals"}:
+        rows = doc["intervals"]
+    elif isinstance(doc, dict):  # a misspelt key must not read as "no OoD anywhere"
+        raise GroundTruthError(f"Ground-truth file {p}: expected exactly one key, 'intervals', holding a list "
+                               f"(an empty list for a drive without OoD); got keys {sorted(map(str, doc))}.")
     else:
         raise GroundTruthError(f"Ground-truth file {p}: expected a mapping with an 'intervals' list "
                                f"(see lsea_monitor.replay.ground_truth), got {type(doc).__name__}.")

@@ -100,10 +100,14 @@ def test_overlapping_intervals_merge() -> None:
     ("intervals:\n  - {start_s: 1.0}\n", "needs both start_s and end_s"),
     ("intervals:\n  - {start_s: 0.5, end_s: 0.2}\n", "ends .* before or where it starts"),
     ("intervals:\n  - {start_s: -1, end_s: 0.2}\n", "must be >= 0"),
-    ("intervals:\n  - {begin: 1, stop: 2}\n", "no time columns"),
+    ("intervals:\n  - {begin: 1, stop: 2}\n", r"unknown key\(s\) \['begin', 'stop'\]"),
+    ("intervals:\n  - {label: fog}\n", "no time columns"),
+    ("intervals:\n  - {start_s: 0.1, end_s: 0.2, lable: fog}\n", r"unknown key\(s\) \['lable'\]"),
+    ("interval:\n  - {start_s: 0.1, end_s: 0.2}\n", r"exactly one key, 'intervals'.*got keys \['interval'\]"),
+    ("intervals: []\nnote: x\n", "exactly one key, 'intervals'"),
     ("intervals:\n  - {start_s: a, end_s: 2}\n", "must be numbers"),
     ("intervals: [1, 2]\n", "is not a mapping"),
-    ("intervals: {a: 1}\n", "expected a mapping with an 'intervals' list"),
+    ("intervals: {a: 1}\n", "exactly one key, 'intervals', holding a list"),
     ("intervals:\n  - {start_s: [1, 2\n", "not valid YAML"),
     ("intervals:\n  - {start_s: 100, end_s: 200}\n", "lie outside bag"),
 ])
@@ -118,6 +122,7 @@ def test_bad_yaml(make_bag, tmp_path: Path, text: str, match: str) -> None:
 @pytest.mark.parametrize("name, text, match", [
     ("gt.csv", "", "is empty"),
     ("gt.csv", "from,to\n1,2\n", "names no time columns"),
+    ("gt.csv", "start_s,end_s,lable\n0,0.2,fog\n", r"unknown key\(s\) \['lable'\]"),
     ("gt.csv", "start_ns,end_ns\nx,2\n", "must be a number"),
     ("gt.txt", "start_s,end_s\n0,1\n", "unknown format '.txt'"),
 ])
