@@ -236,6 +236,13 @@ class OutputMessage(tuple):
         return super().__new__(cls, (topic, msgtype, int(stamp_ns), rawdata))
 
 
+def check_output_bag_path(out: str | os.PathLike[str]) -> None:
+    """Raise ReplayError if ``out`` cannot take a new bag (it exists: never overwritten)."""
+    out_p = Path(out)
+    if out_p.exists():
+        raise ReplayError(f"Output bag {out_p} already exists; remove it or choose another path.", bag=str(out_p))
+
+
 def write_bag(out: str | os.PathLike[str], *, source: BagReader | None, added: Iterable[OutputMessage],
               storage: str = "mcap") -> dict[str, Any]:
     """Write a new bag: every message of ``source`` (raw, untouched) merged in time order with ``added``.
@@ -252,8 +259,7 @@ def write_bag(out: str | os.PathLike[str], *, source: BagReader | None, added: I
     from lsea_monitor.replay.decode import typestore
 
     out_p = Path(out)
-    if out_p.exists():
-        raise ReplayError(f"Output bag {out_p} already exists; remove it or choose another path.", bag=str(out_p))
+    check_output_bag_path(out_p)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     single_file = out_p.suffix == ".mcap"
     plugin = StoragePlugin.MCAP if (single_file or storage == "mcap") else StoragePlugin.SQLITE3

@@ -29,7 +29,7 @@ from typing import Any
 from lsea_monitor.errors import LseaError
 from lsea_monitor.replay import decode, evaluate, ground_truth
 from lsea_monitor.replay import report as rep
-from lsea_monitor.replay.bag_io import BagReader, OutputMessage, write_bag
+from lsea_monitor.replay.bag_io import BagReader, OutputMessage, check_output_bag_path, write_bag
 from lsea_monitor.replay.errors import (
     EXIT_CORRUPT,
     EXIT_DISAGREE,
@@ -153,7 +153,12 @@ def _output_messages(res: ModeResult, *, prefix: str, frame_ids: dict[int, str],
 
 def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, no permission: nowhere to write the report
+        print(f"error: cannot use --out {out_dir} as the report folder: {err.strerror or err}; choose another "
+              "path.", file=sys.stderr)
+        return EXIT_USAGE
     t0 = time.perf_counter()
     problems: list[str] = []
     report: dict[str, Any] = {"tool": "lsea-replay-eval", "report_version": rep.REPORT_VERSION,
@@ -207,6 +212,8 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
         topic_info = bag.require_topic(args.image_topic, decode.IMAGE_TYPES, what="image topic")
         check_image_topic(bag, args.image_topic)
         gt = ground_truth.load(bag, topic=args.gt_topic, file=args.gt_file)
+        if args.output_bag:  # before hours of scoring, not after
+            check_output_bag_path(args.output_bag)
         if args.mode in ("offline", "both"):
             _log(args, "[replay] loading the model and the artefact ...")
             scorer = load_scorer(cfg)

@@ -256,6 +256,7 @@ def test_cli_startup_raise_is_not_a_detection(make_bag, tmp_path: Path, cli_fake
     ("encoding", 2, "unsupported image encoding '32FC1'"),
     ("truncated_open", 3, "corrupted or truncated"),
     ("bad_gt", 2, "needs both start_s and end_s"),
+    ("output_bag_exists", 2, "already exists; remove it or choose another path"),
 ])
 def test_cli_errors(make_bag, tmp_path: Path, cli_fake: FakeScorer, capsys: pytest.CaptureFixture, case: str,
                     code: int, match: str) -> None:
@@ -277,6 +278,10 @@ def test_cli_errors(make_bag, tmp_path: Path, cli_fake: FakeScorer, capsys: pyte
         bag = make_bag(storage="mcap", n=4).path
         f = next(bag.glob("*.mcap"))
         os.truncate(f, f.stat().st_size // 2)
+    elif case == "output_bag_exists":  # refused before any frame is scored, not after
+        bag = make_bag(n=2).path
+        (tmp_path / "old.mcap").write_bytes(b"x")
+        extra = ["--output-bag", str(tmp_path / "old.mcap")]
     else:
         bag = make_bag(n=2).path
         (tmp_path / "gt.yaml").write_text("intervals:\n  - {start_s: 1.0}\n")
@@ -285,12 +290,21 @@ def test_cli_errors(make_bag, tmp_path: Path, cli_fake: FakeScorer, capsys: pyte
     assert run_cli(bag, out, *extra, topic=topic) == code
     err = capsys.readouterr().err
     assert match in err and err.startswith("error: ")
-    if case != "bad_gt":
+    if case not in ("bad_gt", "output_bag_exists"):
         assert str(bag) in err  # names the bag
     report = json.loads((out / "report.json").read_text())
     assert report["status"]["complete"] is False and report["status"]["exit_code"] == code
     assert match in report["status"]["error"]
     assert not cli_fake.calls  # nothing was scored
+
+
+def test_cli_out_that_is_a_file_is_a_usage_error(make_bag, tmp_path: Path, cli_fake: FakeScorer,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    assert run_cli(make_bag(n=2).path, tmp_path / "taken") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot use --out ") and "Traceback" not in err
+    assert not cli_fake.calls
 
 
 # --- the real monitor ------------------------------------------------------------------------
