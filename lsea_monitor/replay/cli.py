@@ -272,7 +272,9 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
                     report["monitor"]["threshold"] = threshold
         elif args.mode in ("live", "both"):
             problems.append("live: not run, the bag could not be read to the end offline")
-        n_frames = max((len(r.frames) for r in results.values()), default=0)
+        # frames in the bag: its index says how many were recorded, even where a truncated file lets
+        # fewer be read (those count as not judged, not as absent)
+        n_frames = max([topic_info.count, *(len(r.frames) for r in results.values())])
         for name, res in results.items():
             report["modes"][name] = _summarize(res, gt=gt, threshold=threshold, info=info, n_frames=n_frames)
         unjudged = [name for name, m in report["modes"].items() if m["n_valid"] == 0]

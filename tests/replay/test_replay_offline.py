@@ -212,7 +212,9 @@ def test_cli_truncated_bag_is_incomplete(make_bag, tmp_path: Path, cli_fake: Fak
     report = json.loads((out / "report.json").read_text())
     assert report["status"]["complete"] is False and report["status"]["exit_code"] == 3
     assert "corrupted or truncated" in report["status"]["problems"][0]
-    assert 0 < report["modes"]["offline"]["n_judged"] < 30
+    m = report["modes"]["offline"]
+    assert 0 < m["n_judged"] < 30 and m["n_frames"] == report["bag"]["n_frames"] == 30
+    assert m["judged_fraction"] == m["n_judged"] / 30 and m["dropped"] == 30 - m["n_judged"]
     assert (out / "report.md").read_text().startswith("# Replay evaluation: bag (INCOMPLETE)")
     assert "INCOMPLETE (exit 3)" in capsys.readouterr().out
 
