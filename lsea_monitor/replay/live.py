@@ -149,8 +149,8 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
     LiveModeError
         The node did not start or exited early, or the graph never matched (timeouts).
     """
-    if cfg.rate <= 0:
-        raise LiveModeError(f"--rate must be > 0, got {cfg.rate}.")
+    if not (math.isfinite(cfg.rate) and cfg.rate > 0):  # nan passes a "<= 0" test
+        raise LiveModeError(f"--rate must be a finite number > 0, got {cfg.rate}.")
     info = bag.require_topic(topic, decode.IMAGE_TYPES, what="image topic")
     input_type = decode.IMAGE_TYPES[info.msgtype]
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

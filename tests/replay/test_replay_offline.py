@@ -372,3 +372,12 @@ def test_monitor_config_defaults_and_names_are_the_nodes() -> None:
         assert BY_NAME[ros_name].field == fld
         assert getattr(MonitorConfig(), fld) == getattr(node, fld) == BY_NAME[ros_name].default
     assert set(ROS_NAMES.values()) == {f.name for f in fields(MonitorConfig)}
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("nan"), float("inf")])
+def test_live_rate_must_be_finite_and_positive(make_bag, rate: float) -> None:
+    from lsea_monitor.replay.errors import LiveModeError
+    from lsea_monitor.replay.live import LiveConfig, run_live
+
+    with BagReader(make_bag(n=2).path) as bag, pytest.raises(LiveModeError, match="--rate must be a finite number"):
+        run_live(bag, CAMERA, LiveConfig(rate=rate))
