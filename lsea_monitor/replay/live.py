@@ -123,6 +123,12 @@ class NodeProcess:
             self._log.close()
 
 
+def _is_watchdog_verdict(v: dict[str, Any]) -> bool:
+    """The node's own verdicts about no input ("stale: ...") or a hung pass ("stalled: ..."): stamped
+    with the node's clock, they answer no frame."""
+    return v["reason"].startswith(("stale:", "stalled:"))
+
+
 def _parse_verdict(msg: Any) -> dict[str, Any] | None:
     if not msg.status:
         return None
@@ -193,6 +199,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
     health: dict[str, str] = {}
     published: dict[int, deque[tuple[int, int]]] = {}  # header stamp -> (frame index, publish monotonic ns)
     last_verdict_ns = [0]
+    frame_verdicts = [0]
     out_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
     def on_verdict(msg: Any) -> None:
@@ -201,7 +208,9 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
         if parsed is not None:
             with lock:
                 verdicts.append((now, parsed))
-                last_verdict_ns[0] = now
+                if not _is_watchdog_verdict(parsed):  # frame verdicts only: the drain waits for those
+                    frame_verdicts[0] += 1
+                    last_verdict_ns[0] = now
 
     def on_ood(msg: Any) -> None:
         with lock:
@@ -268,7 +277,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
         result.extra["startup_s"] = round(time.monotonic() - t0, 3)
         time.sleep(0.5)  # let the matched endpoints settle before the first frame
         with lock:
-            n_before = len(verdicts)
+            n_before = frame_verdicts[0]
         log(f"[live] node ready after {result.extra['startup_s']} s; playing at {cfg.rate:g}x")
 
         # 2. play
@@ -302,7 +311,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
         while True:
             time.sleep(0.05)
             with lock:
-                got = len(verdicts) - n_before
+                got = frame_verdicts[0] - n_before
                 last = last_verdict_ns[0]
             now = time.monotonic()
             idle = now - max(t_last_pub, last / 1e9)
@@ -335,7 +344,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
     by_index: dict[int, Verdict] = {}
     stale = unmatched = 0
     for recv_ns, v in recorded:
-        if v["reason"].startswith("stale"):
+        if _is_watchdog_verdict(v):
             stale += 1
             continue
         queue_ = published.get(v["header_stamp_ns"])
