@@ -55,7 +55,8 @@ from std_msgs.msg import Bool, Header
 
 from lsea_monitor import node_msgs, node_params
 from lsea_monitor.errors import LseaError
-from lsea_monitor.node_cameras import CameraChannel, CameraSlots, Watchdog, health_values, parse_image_topics
+from lsea_monitor.node_cameras import (WATCHDOG_ACTIONS, CameraChannel, CameraSlots, Watchdog, health_values,
+                                       parse_image_topics)
 from lsea_monitor.node_stats import NodeStats
 from lsea_monitor.pipeline import FrameScore, FrameScorer, Hysteresis
 from lsea_monitor.ros_image import msg_to_rgb
@@ -321,7 +322,7 @@ class MonitorNode(LifecycleNode):
             action = ch.watchdog.check(now_ns, timeout_s, stall_s)
             if action == "cleared":
                 self.get_logger().info(f"Images and verdicts are back on {ch.camera.topic}: the watchdog cleared.")
-            if action not in ("stale", "stalled"):
+            if action not in WATCHDOG_ACTIONS:
                 continue
             topic = ch.subscribed_topic or ch.camera.topic
             if action == "stale":

@@ -98,6 +98,15 @@ def image_topics_problems(entries: Iterable[str] | None) -> list[str]:
     return []
 
 
+#: what ``Watchdog.check`` may ask to publish; the verdict's reason starts with ``"<action>: "``
+WATCHDOG_ACTIONS: tuple[str, ...] = ("stale", "stalled")
+
+
+def is_watchdog_reason(reason: str) -> bool:
+    """A verdict the node published on its own (no input, or no verdict in time), not a frame's."""
+    return reason.startswith(tuple(f"{a}: " for a in WATCHDOG_ACTIONS))
+
+
 class Watchdog:
     """Input and progress watchdog of one camera (times in ns from ``time.monotonic_ns``).
 

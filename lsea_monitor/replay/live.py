@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lsea_monitor.node_cameras import is_watchdog_reason
 from lsea_monitor.replay import decode
 from lsea_monitor.replay.bag_io import BagReader
 from lsea_monitor.replay.errors import CorruptBagError, LiveModeError
@@ -123,12 +124,6 @@ class NodeProcess:
             self._log.close()
 
 
-def _is_watchdog_verdict(v: dict[str, Any]) -> bool:
-    """The node's own verdicts about no input ("stale: ...") or a hung pass ("stalled: ..."): stamped
-    with the node's clock, they answer no frame."""
-    return v["reason"].startswith(("stale:", "stalled:"))
-
-
 def _parse_verdict(msg: Any) -> dict[str, Any] | None:
     if not msg.status:
         return None
@@ -208,7 +203,8 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
         if parsed is not None:
             with lock:
                 verdicts.append((now, parsed))
-                if not _is_watchdog_verdict(parsed):  # frame verdicts only: the drain waits for those
+                # frame verdicts only: the node's own stale/stalled ones (its clock's stamp) answer no frame
+                if not is_watchdog_reason(parsed["reason"]):
                     frame_verdicts[0] += 1
                     last_verdict_ns[0] = now
 
@@ -344,7 +340,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
     by_index: dict[int, Verdict] = {}
     stale = unmatched = 0
     for recv_ns, v in recorded:
-        if _is_watchdog_verdict(v):
+        if is_watchdog_reason(v["reason"]):
             stale += 1
             continue
         queue_ = published.get(v["header_stamp_ns"])

@@ -182,7 +182,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             lines.append("|---|---|---|---|---|---|---|---|")
             for i, r in enumerate(dd["intervals"]):
                 lines.append(f"| {i} | {r['label'] or '-'} | {_f(r['start_s'], '.2f')} | {_f(r['end_s'], '.2f')} | "
-                             f"{r['n_frames']} | {r['status'].upper() if r['status'] != 'detected' else 'yes'} | {_f(r['delay_s'], '.3f')} | "
+                             f"{r['n_frames']} | {'yes' if r['detected'] else r['status'].upper()} | {_f(r['delay_s'], '.3f')} | "
                              f"{_f(r['frames_to_detect'], 'd')} |")
             lines.append("")
     ag = report.get("agreement")
