@@ -294,6 +294,9 @@ def test_a_hung_inference_gives_stalled_verdicts_and_health_error_then_recovers(
     the consumer must not keep reading the last 'in distribution'."""
     node, pub = running["node"], running["pub"]
     node.set_parameters([Parameter("inference_timeout_s", value=0.5)])
+    # the input watchdog (0.4 s in this fixture) would turn the health to "stale" once the frames stop,
+    # racing the health messages this test waits for
+    assert node.set_parameters([Parameter("watchdog_timeout_s", value=60.0)])[0].successful
     pub.publish(frame(0, 1))
     assert verdict_for(running, 1)["is_ood"] == "false"
     pub.publish(frame(150, 2))  # hangs
@@ -316,7 +319,10 @@ def test_a_hung_inference_gives_stalled_verdicts_and_health_error_then_recovers(
 
 def test_frames_that_cannot_be_judged_make_health_error_until_one_can(running: dict[str, Any]) -> None:
     """A camera on an unsupported encoding: every verdict is an ERROR, and so is the node's health."""
-    pub = running["pub"]
+    node, pub = running["node"], running["pub"]
+    # this fixture's 0.4 s watchdog would turn the health to "stale" soon after the last frame, before
+    # a loaded machine shows the "not judging" health this test is about
+    assert node.set_parameters([Parameter("watchdog_timeout_s", value=60.0)])[0].successful
     for i in range(3):  # one at a time: the node's subscription keeps only the newest (depth 1)
         pub.publish(frame(0, 60 + i, encoding="bgra8"))
         assert verdict_for(running, 60 + i)["valid"] == "false"
