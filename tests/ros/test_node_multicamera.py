@@ -105,6 +105,9 @@ def verdicts_of(got: dict[str, Any], camera: str, sec: int, timeout_s: float = 1
 def test_two_cameras_share_a_batch_and_keep_their_own_verdicts(two_cameras: dict[str, Any]) -> None:
     got, scorer = two_cameras, two_cameras["scorer"]
     assert scorer.warmed == [1, 2]  # every batch size the node may meet
+    # a stale verdict between two steps on a loaded machine (0.5 s watchdog) would raise a flag that the
+    # last-three-flags check below reads; staleness is the next test's business
+    assert got["node"].set_parameters([Parameter("watchdog_timeout_s", value=60.0)])[0].successful
     for sec in (1, 2, 3):  # front in distribution, rear out of distribution, same stamps
         got["pubs"]["front"].publish(frame(0, sec, "front"))
         got["pubs"]["rear"].publish(frame(200, sec, "rear"))
