@@ -39,6 +39,7 @@ from lsea_monitor.replay.offline import ModeResult, Prefetch, iter_frames
 from lsea_monitor.replay.records import Frame, Verdict
 
 CLOCK_PERIOD_S = 0.05
+NODE_GONE_GRACE_S = 0.5  #: the node out of the graph this long during a run = it has gone
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,30 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
             publish_clock(now_bag)
 
     player.create_timer(CLOCK_PERIOD_S, on_clock_timer)
+
+    def node_in_graph() -> bool:
+        return image_pub.get_subscription_count() >= 1 and player.count_publishers(f"{fqn}/verdict") >= 1
+
+    left_since: list[float | None] = [None]
+
+    def node_left_graph() -> bool:
+        """The node no longer subscribes to the images or publishes verdicts, for NODE_GONE_GRACE_S on end.
+
+        The only sign of an attached node's death or deactivation (a started one is also watched as a
+        process); the grace keeps a momentary graph update from ending a run."""
+        if node_in_graph():
+            left_since[0] = None
+            return False
+        now = time.monotonic()
+        if left_since[0] is None:
+            left_since[0] = now
+        return now - left_since[0] >= NODE_GONE_GRACE_S
+
+    def left_graph_error(when: str) -> LiveModeError:
+        return LiveModeError(f"The monitor node {fqn} left the ROS graph {when} (no subscriber on {topic} or no "
+                             f"publisher of {fqn}/verdict for {NODE_GONE_GRACE_S:g} s): it exited, crashed or was "
+                             "deactivated, so the frames played since have no verdict. Check the node, then rerun.",
+                             bag=str(bag.path))
     spinner.start()
     source: Prefetch | None = None
     try:
@@ -260,7 +285,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
                 raise LiveModeError(f"The monitor node exited with code {node_proc.proc.returncode} before it was "
                                     f"ready. Its log ({node_proc.log_path}):\n{_tail(node_proc.log_path)}",
                                     bag=str(bag.path))
-            if image_pub.get_subscription_count() >= 1 and player.count_publishers(f"{fqn}/verdict") >= 1:
+            if node_in_graph():
                 break
             if time.monotonic() - t0 > cfg.startup_timeout_s:
                 hint = (f" Its log ({node_proc.log_path}):\n{_tail(node_proc.log_path)}" if node_proc else
@@ -292,6 +317,8 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
                     raise LiveModeError(f"The monitor node exited (code {node_proc.proc.returncode}) during playback "
                                         f"after {len(frames)} frames. Its log ({node_proc.log_path}):\n"
                                         f"{_tail(node_proc.log_path)}", bag=str(bag.path))
+                if node_left_graph():
+                    raise left_graph_error(f"during playback after {len(frames)} frames")
                 publish_clock(f.stamp_ns)
                 t_pub = time.monotonic_ns()
                 image_pub.publish(d.raw)
@@ -314,6 +341,12 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
             if got >= len(frames) or idle > cfg.idle_timeout_s or now - t_last_pub > cfg.drain_timeout_s:
                 break
             if node_proc is not None and not node_proc.alive():
+                break  # the exit code decides below
+            if node_left_graph():
+                result.complete = False
+                result.error = str(left_graph_error(f"while its last verdicts were awaited ({got} of "
+                                                    f"{len(frames)} in)"))
+                result.extra["error_type"] = LiveModeError.__name__
                 break
         time.sleep(0.2)
         result.wall_s = time.monotonic() - t0

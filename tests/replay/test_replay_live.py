@@ -103,6 +103,60 @@ def test_live_attached_to_a_running_compressed_node(replay_monitor, demo_bags, t
             node.wait(timeout=10)
 
 
+def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, demo_bags, tmp_path: Path,
+                                                             ros_env) -> None:
+    """A node the tool did not start is watched through the graph: once it stops subscribing to the
+    images, the frames played afterwards cannot be judged, and the run must not be reported as a result."""
+    import threading
+    import time
+
+    m = replay_monitor
+    node = subprocess.Popen(
+        [sys.executable, "-m", "lsea_monitor.node", "--ros-args", "-p", f"checkpoint:={m.checkpoint}",
+         "-p", f"artefact:={m.artefact}", "-p", "device:=cpu", "-p", "qos.reliability:=reliable",
+         "-r", "image:=/camera/image_raw"],
+        env=ros_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tool = None
+    try:
+        out = tmp_path / "eval"
+        # 16 frames at 10 Hz played at 0.2x: 8 s of playback, the node is stopped about 1 s in
+        tool = subprocess.Popen([sys.executable, "-m", "lsea_monitor.replay.cli", str(demo_bags["mcap_raw"]),
+                                 "--image-topic", "/camera/image_raw", "--gt-topic", "/ground_truth/ood", "--mode",
+                                 "live", "--attach", "--rate", "0.2", "--out", str(out)],
+                                env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = threading.Event()
+        stderr_lines: list[str] = []
+
+        def read_stderr() -> None:
+            for line in tool.stderr:
+                stderr_lines.append(line)
+                if "node ready" in line:
+                    ready.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        assert ready.wait(timeout=300), "".join(stderr_lines)[-3000:]
+        time.sleep(1.0)
+        node.send_signal(signal.SIGINT)  # a clean exit: its endpoints leave the graph at once
+        node.wait(timeout=60)
+        stdout = tool.communicate(timeout=300)[0]
+        reader.join(timeout=10)
+        err_text = "".join(stderr_lines)
+        assert tool.returncode == 5, err_text[-3000:] + stdout[-2000:]
+        assert "left the ROS graph during playback" in err_text
+        report = json.loads((out / "report.json").read_text())
+        assert report["status"]["error_type"] == "LiveModeError" and not report["status"]["complete"]
+    finally:
+        for p in (tool, node):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=10)
+
+
 def test_node_that_cannot_start_is_a_clear_live_error(replay_monitor, demo_bags, tmp_path: Path, ros_env) -> None:
     out = tmp_path / "eval"
     proc = run_tool([str(demo_bags["mcap_raw"]), "--image-topic", "/camera/image_raw", "--mode", "live", "--out",
