@@ -4,7 +4,8 @@ The bag's raw CDR is published as recorded (no re-encoding) at ``rate`` x bag ti
 ``/clock`` (``rosgraph_msgs/Clock``, bag time) published before every frame and at 20 Hz in between.
 The node is either started here as a child process (``python -m lsea_monitor.node --ros-args
 --params-file ... -r image:=<topic> -p use_sim_time:=true``) and stopped at the end, or an already
-running one is used (``start_node=False``). Its ``~/verdict`` (DiagnosticArray, header = the image's)
+running one is used (``start_node=False``; watched through the graph: a node that stops subscribing
+to the images or publishing verdicts for ``NODE_GONE_GRACE_S`` ends the run as an error). Its ``~/verdict`` (DiagnosticArray, header = the image's)
 and ``~/ood`` (Bool) are recorded; verdicts are matched to frames by header stamp.
 
 Measured: end-to-end latency (image published -> verdict received, one monotonic clock, this
@@ -149,7 +150,8 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
     Raises
     ------
     LiveModeError
-        The node did not start or exited early, or the graph never matched (timeouts).
+        The node did not start, exited early or left the graph during playback, or the graph never
+        matched (timeouts).
     """
     if not (math.isfinite(cfg.rate) and cfg.rate > 0):  # nan passes a "<= 0" test
         raise LiveModeError(f"--rate must be a finite number > 0, got {cfg.rate}.")
@@ -257,7 +259,7 @@ def run_live(bag: BagReader, topic: str, cfg: LiveConfig, *, log: Callable[[str]
     left_since: list[float | None] = [None]
 
     def node_left_graph() -> bool:
-        """The node no longer subscribes to the images or publishes verdicts, for NODE_GONE_GRACE_S on end.
+        """The node no longer subscribes to the images or publishes verdicts, for NODE_GONE_GRACE_S in a row.
 
         The only sign of an attached node's death or deactivation (a started one is also watched as a
         process); the grace keeps a momentary graph update from ending a run."""
