@@ -5,8 +5,9 @@ The bag's raw CDR is published as recorded (no re-encoding) at ``rate`` x bag ti
 The node is either started here as a child process (``python -m lsea_monitor.node --ros-args
 --params-file ... -r image:=<topic> -p use_sim_time:=true``) and stopped at the end, or an already
 running one is used (``start_node=False``; watched through the graph: a node that stops subscribing
-to the images or publishing verdicts for ``NODE_GONE_GRACE_S`` ends the run as an error). Its ``~/verdict`` (DiagnosticArray, header = the image's)
-and ``~/ood`` (Bool) are recorded; verdicts are matched to frames by header stamp.
+to the images or publishing verdicts for ``NODE_GONE_GRACE_S`` ends the run as an error). Its
+``~/verdict`` (DiagnosticArray, header = the image's) and ``~/ood`` (Bool) are recorded; verdicts
+are matched to frames by header stamp.
 
 Measured: end-to-end latency (image published -> verdict received, one monotonic clock, this
 process), the node's own reported latency, dropped frames (published without a verdict) and the
