@@ -8,6 +8,7 @@ the file is trusted.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -45,6 +46,7 @@ def load_model(
     *,
     map_location: str | torch.device = "cpu",
     trust_checkpoint: bool = False,
+    verified_bytes: bytes | None = None,
 ) -> nn.Module:
     """Load a LightningModule (or any class with ``load_from_checkpoint``) from a checkpoint.
 
@@ -58,6 +60,9 @@ def load_model(
     trust_checkpoint : bool
         Allow full unpickling. Only for checkpoints from a trusted source: unpickling can execute
         arbitrary code. By default only tensors and plain containers are read.
+    verified_bytes : bytes, optional
+        The checkpoint's content, already read and checked (e.g. its SHA-256): loaded instead of
+        reading ``checkpoint`` again, which names it in messages.
 
     Returns
     -------
@@ -71,13 +76,15 @@ def load_model(
     if loader is None:
         raise ModelLoadError(f"{model_class} has no load_from_checkpoint(); give a LightningModule class.")
     try:
-        model = loader(str(path), map_location=map_location, weights_only=not trust_checkpoint)
+        source = io.BytesIO(verified_bytes) if verified_bytes is not None else str(path)
+        model = loader(source, map_location=map_location, weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as err:
         raise ModelLoadError(
             f"Checkpoint {path} holds pickled objects beyond tensors and plain types, which are not loaded by "
             f"default because unpickling can run code ({err}). If the file comes from a trusted source, opt in "
-            "with 'model: {trust_checkpoint: true}' in the lsea-calibrate config (trust_checkpoint=True in "
-            "Python). The ROS node never unpickles: re-save the checkpoint with tensors and plain types only."
+            "with 'model: {trust_checkpoint: true}' in the lsea-calibrate config, the node's trust_checkpoint "
+            "parameter, lsea-replay-eval --trust-checkpoint (trust_checkpoint=True in Python), or re-save the "
+            "checkpoint with tensors and plain types only."
         ) from err
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, OSError) as err:
         raise ModelLoadError(f"Could not load checkpoint {path} as {model_class}: {type(err).__name__}: {err}. "

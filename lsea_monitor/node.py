@@ -110,7 +110,8 @@ class MonitorNode(LifecycleNode):
                      "compile_mode": p.compile_mode if p.compile else None}
             self._scorer = FrameScorer.from_files(checkpoint=p.checkpoint, model_class=p.model_class, layer=p.layer,
                                                   artefact=p.artefact, device=p.device, precision=p.precision,
-                                                  mc_samples=p.mc_samples, **speed)
+                                                  mc_samples=p.mc_samples, trust_checkpoint=p.trust_checkpoint,
+                                                  **speed)
         except Exception as err:  # noqa: BLE001 - any load failure is a configure FAILURE with its message
             return self._fail("configure", _describe(err))
         s = self._scorer

@@ -53,6 +53,9 @@ SPECS: tuple[ParamSpec, ...] = (
               CONFIGURE),
     ParamSpec("layer", "layer", "", "Dotted path of the hooked latent layer; '' = the artefact's.", CONFIGURE),
     ParamSpec("artefact", "artefact", "", "Detector artefact (.safetensors) written by lsea-calibrate.", CONFIGURE),
+    ParamSpec("trust_checkpoint", "trust_checkpoint", False, "Unpickle the checkpoint fully (checkpoints that "
+              "pickle objects, e.g. the original authors'): only the bytes whose SHA-256 the artefact records are "
+              "loaded, i.e. the file calibrated with trust_checkpoint; only for files you trust.", CONFIGURE),
     ParamSpec("device", "device", "auto", "auto (GPU when present), cpu, cuda or cuda:N.", CONFIGURE),
     ParamSpec("precision", "precision", "fp32", "Inference precision of the model pass.", CONFIGURE,
               choices=("fp32", "fp16", "bf16")),
@@ -106,6 +109,7 @@ class MonitorParams:
     model_class: str = ""
     layer: str = ""
     artefact: str = ""
+    trust_checkpoint: bool = False
     device: str = "auto"
     precision: str = "fp32"
     mc_samples: int = 0

@@ -19,9 +19,11 @@ density there (see :func:`~lsea_monitor.detectors.base.kde_log_density_torch`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -213,12 +215,22 @@ class FrameScorer:
                    precision: str = "fp32", mc_samples: int = 0, strategy: str = "fast",
                    trust_checkpoint: bool = False, scoring: str = "auto", channels_last: bool = False,
                    compile_mode: str | None = None) -> "FrameScorer":
-        """Load and cross-check a checkpoint and an artefact. ``layer``/``model_class`` '' = the artefact's."""
+        """Load and cross-check a checkpoint and an artefact. ``layer``/``model_class`` '' = the artefact's.
+
+        The checkpoint's SHA-256 is checked against the artefact's before anything in it is read. With
+        ``trust_checkpoint`` (full unpickling) the very bytes that were hashed are loaded, so only the
+        file calibrated with can run code, even if the file is swapped between the check and the load.
+        """
         dev = resolve_device(device)
         if not os.path.isfile(checkpoint):
             raise ModelLoadError(f"Checkpoint not found at {checkpoint!r}. Set 'checkpoint' to the file the "
                                  "artefact was calibrated with (lsea-train writes one).")
-        checkpoint_sha = sha256_file(checkpoint)
+        verified: bytes | None = None
+        if trust_checkpoint:
+            verified = Path(checkpoint).read_bytes()
+            checkpoint_sha = hashlib.sha256(verified).hexdigest()
+        else:
+            checkpoint_sha = sha256_file(checkpoint)
         art = DetectorArtefact.load(artefact, expect_checkpoint_sha256=checkpoint_sha, expect_layer=layer or None)
         if model_class and model_class != art.binding.model_class:
             raise ArtefactError(f"Artefact {artefact} was calibrated for model class {art.binding.model_class!r}, "
@@ -228,7 +240,7 @@ class FrameScorer:
                                 f"{art.binding.mc_samples}; entropy estimates depend on M, so the threshold would "
                                 "be meaningless. Set mc_samples to 0 (use the artefact's) or re-calibrate.")
         model = load_model(checkpoint, model_class or art.binding.model_class, map_location=dev,
-                           trust_checkpoint=trust_checkpoint)
+                           trust_checkpoint=trust_checkpoint, verified_bytes=verified)
         return cls(model, art, device=dev, precision=precision, strategy=strategy,
                    model_id=checkpoint_sha[:12], artefact_id=sha256_file(artefact)[:12], scoring=scoring,
                    channels_last=channels_last, compile_mode=compile_mode)

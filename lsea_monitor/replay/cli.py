@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", help="model checkpoint the artefact was calibrated with")
     m.add_argument("--model-class", help="'package.module:Class'; default: the artefact's")
     m.add_argument("--layer", help="hooked layer; default: the artefact's")
+    m.add_argument("--trust-checkpoint", action="store_true", default=None,
+                   help="unpickle the checkpoint fully (as the node's trust_checkpoint): only the file whose "
+                        "SHA-256 the artefact records; only for files you trust")
     m.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the params file's, else auto)")
     m.add_argument("--params-file", action="append", default=[],
                    help="the node's parameters YAML (repeatable, later wins); also given to a node started in live mode")
@@ -195,7 +198,7 @@ def _write(out_dir: Path, report: dict[str, Any]) -> None:
 def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], problems: list[str], t0: float) -> int:
     params = load_params_files(args.params_file, node_name=args.node_name, namespace=args.namespace)
     overrides = {"checkpoint": args.checkpoint, "artefact": args.artefact, "model_class": args.model_class,
-                 "layer": args.layer, "device": args.device}
+                 "layer": args.layer, "device": args.device, "trust_checkpoint": args.trust_checkpoint}
     cfg: MonitorConfig = monitor_config(params, overrides)
     if args.mode == "both" and args.batch_size != 1:
         raise ReplayError("--mode both compares frame by frame with the node, which scores one frame at a time: "
@@ -249,7 +252,8 @@ def _run(args: argparse.Namespace, out_dir: Path, report: dict[str, Any], proble
 
             node_params = {k: v for k, v in (("checkpoint", cfg.checkpoint), ("artefact", cfg.artefact),
                                              ("model_class", cfg.model_class), ("layer", cfg.layer),
-                                             ("device", cfg.device)) if v and overrides.get(k)}
+                                             ("device", cfg.device), ("trust_checkpoint", cfg.trust_checkpoint))
+                           if v and overrides.get(k)}
             lcfg = LiveConfig(rate=args.rate, node_name=args.node_name, namespace=args.namespace,
                               start_node=not args.attach, params_files=tuple(args.params_file), node_params=node_params,
                               startup_timeout_s=args.startup_timeout, idle_timeout_s=args.idle_timeout,

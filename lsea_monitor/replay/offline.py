@@ -46,6 +46,7 @@ class MonitorConfig:
 
     checkpoint: str = _NODE.checkpoint
     artefact: str = _NODE.artefact
+    trust_checkpoint: bool = _NODE.trust_checkpoint
     model_class: str = _NODE.model_class
     layer: str = _NODE.layer
     device: str = _NODE.device
@@ -144,6 +145,8 @@ def monitor_config(params: Mapping[str, Any], overrides: Mapping[str, Any] | Non
             raise ParamsFileError(f"Parameter {k} must be an integer, got {v!r}.")
         if want is str and not isinstance(v, str):
             raise ParamsFileError(f"Parameter {k} must be a string, got {v!r}.")
+        if want is bool and not isinstance(v, bool):  # "false" (a string) must not turn unpickling on
+            raise ParamsFileError(f"Parameter {k} must be true or false, got {v!r}.")
     cfg = replace(cfg, **values)
     if not (1 <= cfg.raise_after <= cfg.window) or cfg.clear_after < 1:
         raise ParamsFileError(f"Hysteresis needs 1 <= raise_after <= window and clear_after >= 1, got raise_after "
@@ -213,7 +216,7 @@ def load_scorer(cfg: MonitorConfig) -> Any:
                               "set them in --params-file.")
     scorer = FrameScorer.from_files(checkpoint=cfg.checkpoint, model_class=cfg.model_class, layer=cfg.layer,
                                     artefact=cfg.artefact, device=cfg.device, precision=cfg.precision,
-                                    mc_samples=cfg.mc_samples)
+                                    mc_samples=cfg.mc_samples, trust_checkpoint=cfg.trust_checkpoint)
     scorer.warmup()
     return scorer
 

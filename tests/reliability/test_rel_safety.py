@@ -14,14 +14,17 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import pickle
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -102,6 +105,78 @@ def test_crafted_pickle_checkpoints_are_refused_without_running(monitor_files: A
     assert main(["--config", str(path), "--no-progress"]) == 2
     assert not zip_marker.exists()
     FIGURES["crafted_checkpoints_refused"] = 4  # zip + raw via load_model, node loader, lsea-calibrate
+
+
+def _namespace_checkpoint(files: Any, path: Path) -> Path:
+    """The real checkpoint plus an ``argparse.Namespace`` (what many training scripts pickle into theirs):
+    harmless, but refused by ``weights_only``; Lightning ignores the extra top-level key."""
+    ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+    ckpt["training_args"] = argparse.Namespace(lr=0.01, note="pickled by the training script")
+    torch.save(ckpt, path)
+    return path
+
+
+def _bound_artefact(files: Any, checkpoint: Path, out: Path) -> Path:
+    """The real artefact, re-bound to ``checkpoint`` (as if calibrated with it: same weights)."""
+    art = DetectorArtefact.load(files.artefact)
+    return replace(art, binding=replace(art.binding, checkpoint_sha256=sha256_file(checkpoint))).save(out)
+
+
+def test_trust_checkpoint_unpickles_only_the_file_the_artefact_was_calibrated_with(
+    monitor_files: Any, tmp_path: Path,
+) -> None:
+    """``trust_checkpoint`` (node parameter, replay flag) loads a checkpoint that pickles objects, but
+    only the bytes whose SHA-256 the artefact records: a swapped file is refused before it is read."""
+    ns_ckpt = _namespace_checkpoint(monitor_files, tmp_path / "with-namespace.ckpt")
+    ns_art = _bound_artefact(monitor_files, ns_ckpt, tmp_path / "ns.safetensors")
+    common = {"model_class": "", "layer": "", "device": "cpu"}
+    with pytest.raises(ModelLoadError, match="trust_checkpoint"):  # the default: weights only
+        FrameScorer.from_files(checkpoint=str(ns_ckpt), artefact=str(ns_art), **common)
+    trusted = FrameScorer.from_files(checkpoint=str(ns_ckpt), artefact=str(ns_art), trust_checkpoint=True, **common)
+    plain = FrameScorer.from_files(checkpoint=str(monitor_files.checkpoint), artefact=str(monitor_files.artefact),
+                                   **common)
+    frame = np.random.default_rng(0).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    (a,), (b,) = trusted.score_images([frame], seed=7), plain.score_images([frame], seed=7)
+    assert a.valid and b.valid and a.score == pytest.approx(b.score, rel=1e-6, abs=1e-9)  # the same weights
+
+    # a file other than the one calibrated: refused by its hash before anything in it runs
+    evil = _evil_checkpoints(monitor_files, tmp_path)
+    zip_path, zip_marker = evil["zip"]
+    with pytest.raises(ArtefactError):
+        FrameScorer.from_files(checkpoint=str(zip_path), artefact=str(monitor_files.artefact), trust_checkpoint=True,
+                               **common)
+    assert not zip_marker.exists(), "the payload ran before the hash check"
+    # the bytes loaded are the bytes checked, not what the path holds by then (a swap after the check)
+    model = load_model(zip_path, monitor_files.model_class, trust_checkpoint=True,
+                       verified_bytes=ns_ckpt.read_bytes())
+    assert not zip_marker.exists() and isinstance(model, torch.nn.Module)
+    # positive control: bound to the payload file itself, trust does unpickle it (the user's opt-in)
+    evil_art = _bound_artefact(monitor_files, zip_path, tmp_path / "evil.safetensors")
+    FrameScorer.from_files(checkpoint=str(zip_path), artefact=str(evil_art), trust_checkpoint=True, **common)
+    assert zip_marker.is_dir()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_node_process_loads_a_pickling_checkpoint_only_with_trust_checkpoint(
+    start_process: Callable[..., ChildProcess], make_probe: Callable[[], Any], monitor_files: Any, tmp_path: Path,
+) -> None:
+    from lsea_rel_util import wait_active
+    from lsea_ros_testutil import node_command
+
+    ns_ckpt = _namespace_checkpoint(monitor_files, tmp_path / "with-namespace.ckpt")
+    ns_art = _bound_artefact(monitor_files, ns_ckpt, tmp_path / "ns.safetensors")
+    refused = start_process(node_command(monitor_files, checkpoint=str(ns_ckpt), artefact=str(ns_art)),
+                            name="node-untrusted")
+    rc = refused.wait(STARTUP_TIMEOUT_S)
+    log = refused.log()
+    assert rc == 1 and "configure failed" in log and "trust_checkpoint" in log, f"exit {rc}:\n{log[-3000:]}"
+    probe = make_probe()
+    t0 = time.time()
+    node = start_process(node_command(monitor_files, namespace=probe.namespace, checkpoint=str(ns_ckpt),
+                                      artefact=str(ns_art), trust_checkpoint=True), name="node-trusted")
+    wait_active(probe, node, t0)
+    assert node.stop(signal.SIGINT, timeout_s=30.0) == 0, node.log()[-3000:]
 
 
 def _base_config(files: Any, root: Path) -> dict[str, Any]:

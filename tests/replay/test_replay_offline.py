@@ -128,6 +128,7 @@ lsea_monitor:
 @pytest.mark.parametrize("text, match", [
     ("lsea_monitor: {ros__parameters: {hysteresis: {raise_after: 5, window: 3}}}", "raise_after <= window"),
     ("lsea_monitor: {ros__parameters: {hysteresis: {window: 2.5}}}", "must be an integer"),
+    ("lsea_monitor: {ros__parameters: {trust_checkpoint: 'false'}}", "must be true or false"),
     ("lsea_monitor: {params: {}}", "no 'ros__parameters'"),
     ("[1, 2]", "expected '<node name>"),
     ("lsea_monitor: {ros__parameters: {a: [1}", "not valid YAML"),
@@ -358,6 +359,35 @@ def test_real_monitor_compressed_sqlite3_with_gt_topic(replay_monitor, demo_bags
     assert report["bag"]["msgtype"] == "sensor_msgs/msg/CompressedImage" and report["bag"]["storage"] == "sqlite3"
     assert report["modes"]["offline"]["n_valid"] == 16
     assert [iv["start_s"] for iv in report["ground_truth"]["intervals"]] == pytest.approx([0.4, 0.8, 1.2])
+
+
+@pytest.mark.slow
+def test_real_monitor_with_a_pickling_checkpoint_needs_trust_checkpoint(replay_monitor, demo_bags, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """--trust-checkpoint is the node's trust_checkpoint: a checkpoint that pickles objects, bound to
+    the artefact by its SHA-256, is refused without it (a clear error) and scored with it."""
+    import argparse
+    from dataclasses import replace
+
+    import torch
+
+    from lsea_monitor.artefact import DetectorArtefact, sha256_file
+
+    ckpt = torch.load(replay_monitor.checkpoint, map_location="cpu", weights_only=True)
+    ckpt["training_args"] = argparse.Namespace(lr=0.01)  # what training scripts often pickle
+    pickling = tmp_path / "pickling.ckpt"
+    torch.save(ckpt, pickling)
+    art = DetectorArtefact.load(replay_monitor.artefact)
+    bound = replace(art, binding=replace(art.binding, checkpoint_sha256=sha256_file(pickling))).save(
+        tmp_path / "bound.safetensors")
+    args = [str(demo_bags["mcap_raw"]), "--image-topic", "/camera/image_raw", "--mode", "offline", "--quiet",
+            "--checkpoint", str(pickling), "--artefact", str(bound), "--device", "cpu"]
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert "trust_checkpoint" in capsys.readouterr().err
+    assert cli.main([*args, "--out", str(tmp_path / "trusted"), "--trust-checkpoint"]) == 0
+    report = json.loads((tmp_path / "trusted" / "report.json").read_text())
+    assert report["modes"]["offline"]["n_valid"] == 16
 
 
 def test_monitor_config_defaults_and_names_are_the_nodes() -> None:
