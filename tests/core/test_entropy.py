@@ -110,6 +110,7 @@ def test_torch_equals_numpy_and_keeps_device_and_dtype() -> None:
     np.testing.assert_array_equal(h_joint_t.numpy(), h_joint)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_equals_cpu() -> None:
     x = torch.randn(3, 32, 256, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
