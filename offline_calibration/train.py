@@ -6,8 +6,9 @@ Example::
 
 With ``--train-size`` smaller than ``--img-size``, training uses random crops of that size (cheaper
 per step, objects at their run-time scale; the network is fully convolutional); validation runs
-on whole frames at ``--img-size``. Writes ``checkpoints/last.ckpt``,
-``checkpoints/best.ckpt`` (by validation mIoU) and ``train_report.json``.
+on whole frames at ``--img-size``, after the last epoch and, with ``--val-every N``, every N
+epochs. Writes ``checkpoints/last.ckpt``, ``checkpoints/best.ckpt`` (the best validation mIoU among
+those validations: without ``--val-every`` the last epoch's model) and ``train_report.json``.
 """
 
 from __future__ import annotations
@@ -126,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=defaults.num_workers)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--accelerator", default=defaults.accelerator)
+    p.add_argument("--val-every", type=int, default=defaults.val_every, metavar="N",
+                   help="validate every N epochs (best.ckpt is chosen among these); 0 = after the last epoch only")
     p.add_argument("--no-progress", action="store_true")
     args = vars(p.parse_args(argv))
+    if args["val_every"] < 0:
+        p.error(f"--val-every must be >= 0 (0 = after the last epoch only), got {args['val_every']}")
     progress = not args.pop("no_progress")
     report = train(TrainConfig(**args), progress=progress)
     print(f"val mIoU {report['val_miou']:.3f} after {report['train_seconds']} s; checkpoint {report['best_checkpoint']}")
