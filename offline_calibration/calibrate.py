@@ -97,6 +97,14 @@ def compose_mixed(features: dict[str, dict[str, np.ndarray]], kinds: list[str], 
     return {k: np.stack([features[f"{split}/{kinds[j]}"][k][i] for i, j in enumerate(pick)]) for k in keys}
 
 
+def first_images(features: dict[str, dict[str, np.ndarray]], split: str, n: int) -> dict[str, dict[str, np.ndarray]]:
+    """The rows of images ``0..n-1`` of every set of ``split`` except the composed ``all``: the
+    images a capped extraction (``baselines.max_images``) reads, since the data sets take the first n."""
+    prefix = f"{split}/"
+    return {name: {key: col[rows["index"] < n] for key, col in rows.items()}
+            for name, rows in features.items() if name.startswith(prefix) and name != f"{split}/all"}
+
+
 def fit_ood_rows(features: dict[str, dict[str, np.ndarray]], kinds: list[str], seed: int, split: str,
                  mode: str) -> tuple[np.ndarray, np.ndarray]:
     """The OoD rows a supervised detector is fitted on, and each row's source-image index.
@@ -347,6 +355,18 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
             ood: evaluate(bs["test/ind"][b], bs[f"test/{ood}"][b], thr) for ood in ood_sets}}
         scores_for_plots[f"baseline {b}"] = {"test InD": bs["test/ind"][b],
                                              **{f"test {o}": bs[f"test/{o}"][b] for o in ood_sets}}
+    if baseline_scores:
+        # The baselines cost 1 + M full passes per image and often run on fewer images than the
+        # detectors: compare them on the same images, or a difference may be the images'.
+        n_b = len(baseline_scores["test/ind"][BASELINE_NAMES[0]])
+        same = first_images(features, "test", n_b)
+        same["test/all"] = compose_mixed(same, kinds, d.anomaly_seed, "test")
+        results["same_images"] = {"n_images_per_set": n_b, "auroc": {
+            **{name: {ood: evaluate(art.score_features(same["test/ind"]["h_z"]),
+                                    art.score_features(same[f"test/{ood}"]["h_z"]), art.threshold)["auroc"]
+                      for ood in ood_sets} for name, art in artefacts.items()},
+            **{f"baseline {b}": {ood: r["ood_sets"][ood]["auroc"] for ood in ood_sets}
+               for b, r in results["baselines"].items()}}}
     if segmentation is not None:
         if segmentation["split"] == "test":  # does the monitor catch the anomalies that matter?
             segmentation["detection_by_harm"] = {

@@ -116,6 +116,15 @@ def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[
         rows = {name: r["ood_sets"][ood] for name, r in report["detectors"].items()}
         rows.update({f"baseline {name}": r["ood_sets"][ood] for name, r in report["baselines"].items()})
         lines += [f"## Test InD vs {ood}", "", metrics_table(rows), f"![ROC {ood}]({files[f'roc_{ood}']})", ""]
+    if "same_images" in report:
+        same = report["same_images"]
+        lines += [f"## Detectors and baselines on the same test images ({same['n_images_per_set']} per set)", "",
+                  "The baselines run on the first images of each set only (each costs 1 + M full passes); "
+                  "AUROC of every detector on just those images:", "",
+                  "| | " + " | ".join(ood_sets) + " |", "|---|" + "---|" * len(ood_sets)]
+        lines += [f"| {name} | " + " | ".join(_num(row[ood], 4) for ood in ood_sets) + " |"
+                  for name, row in same["auroc"].items()]
+        lines += [""]
     if "cross_type" in report:
         lines += ["## Cross-type generalisation (fit on the other kinds, test on the held-out one)", ""]
         for held, r in report["cross_type"].items():

@@ -39,6 +39,42 @@ def test_report_has_every_metric_per_detector_and_ood_set(report: dict) -> None:
     assert "OpenOOD" in report["metric_conventions"]["fpr_at_95_tpr_ood_positive"]
 
 
+def test_detectors_and_baselines_are_compared_on_the_same_images(monitor_files, report: dict) -> None:
+    same = report["same_images"]
+    n = same["n_images_per_set"]
+    assert n == report["baselines"]["msp"]["n_images_per_set"] < report["data"]["test/ind"]  # a capped subset
+    for b, result in report["baselines"].items():
+        assert same["auroc"][f"baseline {b}"] == {ood: m["auroc"] for ood, m in result["ood_sets"].items()}
+    assert set(same["auroc"]) >= set(report["detectors"])
+    assert all(0.0 <= a <= 1.0 for row in same["auroc"].values() for a in row.values())
+    md = (monitor_files.report.parent / "report.md").read_text()
+    assert f"## Detectors and baselines on the same test images ({n} per set)" in md
+
+
+def test_first_images_are_the_images_a_capped_extraction_reads() -> None:
+    """Rows are kept by image index, and the mixed set composed from them is the full one's first rows
+    (each image's anomaly kind depends on its index only)."""
+    from offline_calibration.calibrate import compose_mixed, first_images
+
+    kinds, n_all, n = ["mud", "fog", "sunflare"], 12, 5
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n_all)  # rows need not be sorted by index
+    features = {f"test/{k}": {"index": order, "h_z": rng.normal(size=(n_all, 4))} for k in ["ind", *kinds]}
+    features["val/ind"] = {"index": np.arange(3), "h_z": np.zeros((3, 4))}
+    features["test/all"] = {"index": np.arange(n_all), "h_z": np.zeros((n_all, 4))}
+    sub = first_images(features, "test", n)
+    assert set(sub) == {"test/ind", "test/mud", "test/fog", "test/sunflare"}
+    for name, rows in sub.items():
+        keep = features[name]["index"] < n
+        assert sorted(rows["index"]) == list(range(n))
+        np.testing.assert_array_equal(rows["h_z"], features[name]["h_z"][keep])
+    sorted_full = {k: {c: v[c][np.argsort(v["index"])] for c in v} for k, v in features.items() if k != "test/all"}
+    sorted_sub = {k: {c: v[c][np.argsort(v["index"])] for c in v} for k, v in sub.items()}
+    full_mix = compose_mixed(sorted_full, kinds, 7, "test")
+    sub_mix = compose_mixed(sorted_sub, kinds, 7, "test")
+    np.testing.assert_array_equal(sub_mix["h_z"], full_mix["h_z"][:n])
+
+
 def test_report_files_and_artefact(monitor_files, report: dict) -> None:
     out = monitor_files.report.parent
     md = (out / "report.md").read_text()
