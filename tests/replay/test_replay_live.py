@@ -30,6 +30,18 @@ def run_tool(args: list[str], env: dict[str, str], timeout_s: float = 600) -> su
                           text=True, timeout=timeout_s)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGINT a process this test started, SIGKILL it if it has not exited 30 s later."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def node_seeds_frames() -> bool:
     """Whether the node seeds each frame's MC draws from its stamp (then it must agree with offline to 1e-5)."""
     import inspect
@@ -95,12 +107,7 @@ def test_live_attached_to_a_running_compressed_node(replay_monitor, demo_bags, t
         assert math.isfinite(report["monitor"]["threshold"])  # taken from the node's verdicts
         assert node.poll() is None  # the tool leaves a node it did not start running
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait(timeout=10)
+        stop(node)
 
 
 def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, demo_bags, tmp_path: Path,
@@ -148,13 +155,8 @@ def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, dem
         assert report["status"]["error_type"] == "LiveModeError" and not report["status"]["complete"]
     finally:
         for p in (tool, node):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=10)
+            if p is not None:
+                stop(p)
 
 
 def test_node_that_cannot_start_is_a_clear_live_error(replay_monitor, demo_bags, tmp_path: Path, ros_env) -> None:
