@@ -16,6 +16,7 @@ also runs the warm-up (compiled code and CUDA graphs are per thread). Parameters
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -381,6 +382,8 @@ def _describe(err: BaseException) -> str:
 
 #: Consecutive InvalidHandle errors spin_until_shutdown survives before it gives up.
 MAX_CONSECUTIVE_INVALID_HANDLES = 100
+#: How long the exit path waits for the spin thread (it returns within one 0.5 s spin period).
+SPINNER_STOP_TIMEOUT_S = 10.0
 
 
 def collect_unfinished_callbacks(executor: MultiThreadedExecutor) -> list[BaseException]:
@@ -440,6 +443,8 @@ def main(args: Optional[list[str]] = None) -> int:
     # with the executor's threads busy at camera rate, the default 5 ms switch interval turned a
     # 100 ms forward pass into up to 1.8 s (the soak test's p99). 0.5 ms keeps it near its own cost.
     sys.setswitchinterval(0.0005)
+    # A crash in native code (rclpy, DDS, torch) then leaves every thread's Python stack in the log.
+    faulthandler.enable()
     rclpy.init(args=args)
     node: Optional[MonitorNode] = None
     executor: Optional[MultiThreadedExecutor] = None
@@ -486,17 +491,34 @@ def main(args: Optional[list[str]] = None) -> int:
     finally:
         if node is not None:
             node.stop_serving()
+        spinning = stop_spinner(spinner)
         if executor is not None:
             executor.shutdown(timeout_sec=5.0)
-        if spinner is not None:
-            spinner.join(timeout=5.0)
         if executor is not None and node is not None:
             for err in collect_unfinished_callbacks(executor):
                 node.get_logger().debug(f"A callback racing with the shutdown ended in {_describe(err)}.")
-        if node is not None:
+        if node is not None and not spinning:  # rclpy cannot destroy a node while it spins (rclpy#663)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def stop_spinner(spinner: Optional[threading.Thread], timeout_s: float = SPINNER_STOP_TIMEOUT_S,
+                 context: Optional[rclpy.context.Context] = None) -> bool:
+    """End the spin thread before the executor and the node are torn down; True if it still runs.
+
+    The spin thread may still be inside its wait when the main thread gets here (a SIGINT raises
+    KeyboardInterrupt in the main thread while the spin thread is only being woken). rclpy's
+    ``executor.shutdown`` destroys the guard condition that wait holds without waiting for it, and
+    destroying a node under a spinning thread is not supported either: either can crash the
+    process (SIGSEGV at exit). Shutting the context down wakes the wait the supported way, and
+    spin_until_shutdown then returns within one spin period.
+    """
+    if spinner is None or not spinner.is_alive():
+        return False
+    rclpy.try_shutdown(context=context)
+    spinner.join(timeout=timeout_s)
+    return spinner.is_alive()
 
 
 if __name__ == "__main__":

@@ -406,3 +406,31 @@ def test_a_warm_up_that_hangs_fails_activate_within_warmup_timeout_s(running: di
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     running["pub"].publish(frame(0, 120))
     assert verdict_for(running, 120)["is_ood"] == "false"
+
+
+def test_stop_spinner_ends_the_spin_thread_before_teardown(ros_domain_id: int) -> None:
+    """main()'s exit path: the spin thread is ended through the context (which wakes its wait) before
+    the executor and the node are torn down; both would crash the process under a spinning thread."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    from lsea_monitor.node import spin_until_shutdown, stop_spinner
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id)
+    node = rclpy.create_node("spinner_probe", context=ctx)
+    node.create_timer(0.05, lambda: None)
+    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    executor.add_node(node)
+    spinner = threading.Thread(target=spin_until_shutdown, args=(executor,), daemon=True)
+    spinner.start()
+    time.sleep(0.3)
+    assert spinner.is_alive()
+    t0 = time.monotonic()
+    try:
+        assert stop_spinner(spinner, timeout_s=10.0, context=ctx) is False  # False: it has stopped
+        assert not spinner.is_alive() and time.monotonic() - t0 < 5.0 and not ctx.ok()
+        assert stop_spinner(spinner, context=ctx) is False and stop_spinner(None) is False  # idempotent
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
