@@ -382,8 +382,8 @@ def _describe(err: BaseException) -> str:
 
 #: Consecutive InvalidHandle errors spin_until_shutdown survives before it gives up.
 MAX_CONSECUTIVE_INVALID_HANDLES = 100
-#: How long the exit path waits for the spin thread (it returns within one 0.5 s spin period).
-SPINNER_STOP_TIMEOUT_S = 10.0
+#: How long the exit path waits for the spin thread (it normally returns within one 0.5 s spin period).
+SPINNER_STOP_TIMEOUT_S = 5.0
 
 
 def collect_unfinished_callbacks(executor: MultiThreadedExecutor) -> list[BaseException]:
@@ -436,6 +436,18 @@ def spin_until_shutdown(executor: MultiThreadedExecutor, on_invalid_handle: Any 
 
 def main(args: Optional[list[str]] = None) -> int:
     """Run the node until SIGINT/SIGTERM (exit 0); 1 when auto-start fails, 2 on bad parameters."""
+    teardown: dict[str, bool] = {}
+    code = _run_node(args, teardown)
+    if teardown.get("spinner_stuck"):
+        # The spin thread did not stop: tearing rclpy down under it, or letting the interpreter
+        # finalise around it, can crash the process (SIGSEGV). Leave with the right code instead.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_node(args: Optional[list[str]], teardown: dict[str, bool]) -> int:
     if _EARLY_SIGNALS:  # the defaults again: rclpy.init installs its handlers over them
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -491,15 +503,20 @@ def main(args: Optional[list[str]] = None) -> int:
     finally:
         if node is not None:
             node.stop_serving()
-        spinning = stop_spinner(spinner)
-        if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
-        if executor is not None and node is not None:
-            for err in collect_unfinished_callbacks(executor):
-                node.get_logger().debug(f"A callback racing with the shutdown ended in {_describe(err)}.")
-        if node is not None and not spinning:  # rclpy cannot destroy a node while it spins (rclpy#663)
-            node.destroy_node()
-        rclpy.try_shutdown()
+        if stop_spinner(spinner):
+            teardown["spinner_stuck"] = True
+            if node is not None:
+                node.get_logger().warning(f"The spin thread did not stop within {SPINNER_STOP_TIMEOUT_S:g} s of "
+                                          "the shutdown; exiting without tearing rclpy down under it.")
+        else:
+            if executor is not None:
+                executor.shutdown(timeout_sec=5.0)
+            if executor is not None and node is not None:
+                for err in collect_unfinished_callbacks(executor):
+                    node.get_logger().debug(f"A callback racing with the shutdown ended in {_describe(err)}.")
+            if node is not None:  # never under a spinning thread (rclpy#663)
+                node.destroy_node()
+            rclpy.try_shutdown()
     return 0
 
 
