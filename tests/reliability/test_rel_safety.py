@@ -87,10 +87,8 @@ def test_crafted_pickle_checkpoints_are_refused_without_running(monitor_files: A
     assert isinstance(load_model(monitor_files.checkpoint, monitor_files.model_class), torch.nn.Module)
 
     # the node's loader: an artefact bound to the evil checkpoint gets past the hash check, then is refused
-    art = DetectorArtefact.load(monitor_files.artefact)
     zip_path, zip_marker = evil["zip"]
-    bound = replace(art, binding=replace(art.binding, checkpoint_sha256=sha256_file(zip_path))).save(
-        tmp_path / "bound.safetensors")
+    bound = _bound_artefact(monitor_files, zip_path, tmp_path / "bound.safetensors")
     with pytest.raises(ModelLoadError, match="trust_checkpoint"):
         FrameScorer.from_files(checkpoint=str(zip_path), model_class="", layer="", artefact=str(bound), device="cpu")
     assert not zip_marker.exists()
