@@ -16,6 +16,7 @@ malformed folder raises :class:`DatasetLayoutError` showing the expected layout 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -108,6 +109,27 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_palette_png(data: np.ndarray) -> bool:
+    """True for a PNG whose IHDR colour type (byte 25) is 3, indexed colour."""
+    return data.size > 25 and data[:8].tobytes() == _PNG_SIGNATURE and int(data[25]) == 3
+
+
+def _palette_indices(data: np.ndarray, path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError  # only palette labels need Pillow
+
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            im.load()
+            if im.mode != "P":
+                raise ImageDecodeError(f"Label image {path} declares a palette but decodes as mode {im.mode!r}.")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ImageDecodeError(f"Cannot decode label image {path} ({data.size} bytes): {err}.") from err
+
+
 def load_label(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel label image (class indices or label ids).
 
@@ -120,9 +142,17 @@ def load_label(path: str | os.PathLike) -> np.ndarray:
     ImageDecodeError
         Missing, empty, undecodable, multi-channel (e.g. a ``*_color.png`` given by mistake) or
         with values above 255.
+
+    Notes
+    -----
+    A palette ("P" mode) PNG gives its palette indices, not the palette's colours.
     """
     p = Path(path)
     data = _read_bytes(p, "label image")
+    if _is_palette_png(data):
+        # cv2 expands a palette PNG to the palette's colours; its class indices are the palette
+        # indices, which Pillow returns as they are (as the original package read labels).
+        return _palette_indices(data, p)
     lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if lab is None:
         raise ImageDecodeError(f"Cannot decode label image {p} ({data.size} bytes): corrupt or not an image.")
@@ -412,18 +442,31 @@ class SegmentationDataset(Dataset):
         ndarray (height, width, 3) uint8.
         """
         index = self._check_index(index)
-        rgb = self.preprocessing.resize(load_rgb(self.samples[index].image))
+        return self._prepared(load_rgb(self.samples[index].image), index)
+
+    def _prepared(self, raw_rgb: np.ndarray, index: int) -> np.ndarray:
+        rgb = self.preprocessing.resize(raw_rgb)
         if self.anomaly is not None:
             rgb = self.anomaly.apply(rgb, self.image_seed(index))
         return rgb
 
-    def label(self, index: int) -> np.ndarray:
-        """Class indices of image ``index`` at the network size, (height, width) uint8."""
+    def label(self, index: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Class indices of image ``index`` at the network size, (height, width) uint8.
+
+        ``image_shape``, the (height, width) of the image file, is checked against the label file's:
+        resized separately, a label of another size would be stretched over the image silently.
+        """
         index = self._check_index(index)
         path = self.samples[index].label
         if path is None:
             raise InputValidationError(f"Image {self.samples[index].image} has no label file.")
         raw = load_label(path)
+        if image_shape is not None and raw.shape != tuple(image_shape):
+            raise ImageDecodeError(
+                f"Label image {path} is {raw.shape[1]}x{raw.shape[0]} pixels but its image "
+                f"{self.samples[index].image} is {image_shape[1]}x{image_shape[0]}: a label must have its "
+                "image's size (a label of another image, or a resized copy?)."
+            )
         lab = self.label_map(raw, path) if self.label_map is not None else raw
         size = (self.preprocessing.width, self.preprocessing.height)
         if lab.shape[::-1] != size:
@@ -432,8 +475,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        rgb = self.rgb(index)
-        label = self.label(index) if self.return_labels else None
+        raw_rgb = load_rgb(self.samples[index].image)
+        rgb = self._prepared(raw_rgb, index)
+        label = self.label(index, raw_rgb.shape[:2]) if self.return_labels else None
         if self.augment:
             rgb, label = _augment(rgb, label)
         item: dict[str, Any] = {
@@ -458,7 +502,10 @@ def _augment(rgb: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.
         contrast = 0.8 + 0.4 * u[2]  # about the image mean
         brightness = (u[3] - 0.5) * 51.0  # +-25 grey levels (10 %)
         mean = float(rgb.mean())
-        rgb = cv2.convertScaleAbs(rgb, alpha=contrast, beta=brightness + mean * (1 - contrast))
+        # Saturate at 0 and 255. (cv2.convertScaleAbs, used before, takes the ABSOLUTE value: with a
+        # negative offset it turned dark pixels into brighter ones instead of black.)
+        shifted = rgb.astype(np.float32) * contrast + (brightness + mean * (1 - contrast))
+        rgb = np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
     return rgb, label
 
 

@@ -20,6 +20,7 @@ from offline_calibration.cityscapes import (
     IGNORE_TRAIN_ID,
     CityscapesDataModule,
     CityscapesDataset,
+    _augment,
     compute_rgb_stats,
     load_label,
     load_rgb,
@@ -179,6 +180,33 @@ def test_train_augmentation_flips_image_and_label_together(tmp_path: Path) -> No
         flips += bool(person[:, -1].all())
     assert 0 < flips < 12  # both branches seen
     assert not dm.val_set.augment
+
+
+def test_brightness_contrast_jitter_saturates_at_black_and_white() -> None:
+    """The jitter is ``clip(x * contrast + offset)``: a dark pixel pushed below 0 becomes black, never
+    a brighter grey (cv2.convertScaleAbs, used before, returned |x * contrast + offset|)."""
+    ramp = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)  # every grey level, mean 127.5
+    checked = {"negative": 0, "positive": 0}
+    for seed in range(200):
+        torch.manual_seed(seed)
+        u = torch.rand(4).tolist()
+        if u[0] < 0.5 or u[1] >= 0.5:
+            continue  # flipped (the ramp would be reordered) or not jittered
+        torch.manual_seed(seed)
+        out, _ = _augment(ramp, None)
+        contrast, brightness = 0.8 + 0.4 * u[2], (u[3] - 0.5) * 51.0
+        offset = brightness + float(ramp.mean()) * (1 - contrast)
+        expected = np.clip(np.rint(ramp.astype(np.float64) * contrast + offset), 0, 255)
+        assert np.abs(out.astype(np.int64) - expected).max() <= 1, seed  # float32 rounding at .5
+        if offset < 0:
+            checked["negative"] += 1
+            assert out[0, 0, 0] == 0  # black stays black
+            assert np.all(np.diff(out[..., 0].ravel().astype(np.int64)) >= 0)  # still monotone
+        else:
+            checked["positive"] += 1
+        if 255 * contrast + offset > 256:
+            assert out[-1, -1, 0] == 255  # white saturates, does not wrap around
+    assert checked["negative"] >= 5 and checked["positive"] >= 5  # both signs of the offset seen
 
 
 def test_anomaly_loaders_alter_the_same_images(cs_root: Path) -> None:
@@ -346,6 +374,35 @@ def test_wrong_label_files_are_rejected(cs_root: Path) -> None:
     _write(path, np.full((H, W), 300, np.uint16))
     with pytest.raises(ImageDecodeError, match="values above 255"):
         load_label(path)
+
+
+def test_palette_labels_give_their_indices_not_the_palette_colours(cs_root: Path) -> None:
+    from PIL import Image
+
+    path = cs_root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    ids = np.array(USED_IDS, np.uint8)[np.arange(W) % len(USED_IDS)][None].repeat(H, 0)
+    im = Image.fromarray(ids, mode="P")
+    im.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256)])
+    im.save(path)
+    assert Image.open(path).mode == "P"
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).ndim == 3  # what cv2 alone would have read
+    assert np.array_equal(load_label(path), ids)
+    item = CityscapesDataset(cs_root, "val", same_size())[2]
+    assert np.array_equal(item["label"].numpy(), ID_TO_TRAIN_ID[ids])
+    path.write_bytes(path.read_bytes()[:60])  # truncated palette PNG
+    with pytest.raises(ImageDecodeError, match="lindau_000000_000019_gtFine_labelIds.png"):
+        load_label(path)
+
+
+def test_a_label_of_another_size_than_its_image_is_refused(cs_root: Path) -> None:
+    path = cs_root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    _write(path, np.full((W, H), 7, np.uint8))  # transposed: resizing would stretch it silently
+    ds = CityscapesDataset(cs_root, "val", same_size())
+    with pytest.raises(ImageDecodeError, match=rf"is {H}x{W} pixels but its image .*lindau_000000.* is {W}x{H}"):
+        ds[2]
+    ds[1]  # the others are fine
+    _write(path, np.full((H, W), 7, np.uint8))
+    assert ds[2]["label"].shape == (H, W)
 
 
 def test_worker_processes_give_identical_items(cs_root: Path) -> None:
