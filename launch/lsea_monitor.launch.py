@@ -6,12 +6,14 @@
 
 The node is a lifecycle node that configures and activates itself (parameter ``autostart``, true in
 the default parameter file), so this launch does not drive transitions; it stays manageable through
-the standard lifecycle services (``ros2 lifecycle set /lsea_monitor deactivate``). If loading the
+the standard lifecycle services (``ros2 lifecycle set /<namespace>/lsea_monitor deactivate``). If loading the
 model or the artefact fails, the process exits non-zero with the reason in its log.
 
 ``artefact`` and ``checkpoint`` are required: a monitor must say which model it vouches for. The
-launch arguments override the parameter file; ``model_class`` and ``layer`` default to '' (= the
-values recorded in the artefact). launch/lsea_monitor.launch.xml is the same launch in XML.
+launch arguments override the parameter file, ``model_class`` and ``layer`` too: they default to ''
+(= the values recorded in the artefact), so a parameter file's own ``model_class`` or ``layer`` is
+replaced by '' unless given again as a launch argument. launch/lsea_monitor.launch.xml is the same
+launch in XML.
 """
 
 from launch import LaunchDescription

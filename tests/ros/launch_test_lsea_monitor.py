@@ -1,11 +1,13 @@
 """launch_testing test: launch/lsea_monitor.launch.py starts the monitor, frames get verdicts, and every
-process exits cleanly when the launch shuts down.
+process exits cleanly when the launch shuts down. LSEA_LAUNCH_FILE=lsea_monitor.launch.xml tests the
+XML twin the same way.
 
 Needs a ROS 2 install with launch, launch_ros and launch_testing and the sourced colcon workspace
 (ros2_ws) on top of the pip-installed repository, as on a vehicle:
 
     pip install -e '.[all]' && (cd ros2_ws && colcon build) && . ros2_ws/install/setup.sh
-    launch_test tests/ros/launch_test_lsea_monitor.py   # or python -m pytest on this file
+    launch_test -i tests/ros/launch_test_lsea_monitor.py   # -i: its own ROS domain; or python -m pytest
+    LSEA_LAUNCH_FILE=lsea_monitor.launch.xml launch_test -i tests/ros/launch_test_lsea_monitor.py
 
 The model and artefact come from LSEA_TEST_CHECKPOINT and LSEA_TEST_ARTEFACT, or are built on the
 spot with the test suite's tiny monitor (tests/conftest.py, about a minute on a CPU). Here (wheels
@@ -39,7 +41,7 @@ import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from launch.launch_description_sources import AnyLaunchDescriptionSource  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
@@ -66,7 +68,7 @@ def _monitor_files() -> tuple[str, str]:
 def generate_test_description() -> tuple[launch.LaunchDescription, dict]:
     checkpoint, artefact = _monitor_files()
     monitor = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(REPO / "launch" / "lsea_monitor.launch.py")),
+        AnyLaunchDescriptionSource(str(REPO / "launch" / os.environ.get("LSEA_LAUNCH_FILE", "lsea_monitor.launch.py"))),
         launch_arguments={
             "artefact": artefact, "checkpoint": checkpoint, "namespace": NAMESPACE,
             "image_topic": f"/{NAMESPACE}/camera/image_raw",
@@ -103,6 +105,11 @@ class TestVerdicts(unittest.TestCase):
             msg.header.stamp.sec, msg.header.frame_id = sec, "launch_test_cam"
             pub.publish(msg)
             rclpy.spin_once(self.node, timeout_sec=0.5)
+        # The node publishes the verdict, then the flag; spin_once runs one callback, so the flag
+        # of the frame that ended the loop may still be waiting.
+        flag_deadline = time.monotonic() + 10.0
+        while not flags and time.monotonic() < flag_deadline:
+            rclpy.spin_once(self.node, timeout_sec=0.1)
         frame_verdicts = [v for v in verdicts if v.header.frame_id == "launch_test_cam"]
         self.assertTrue(frame_verdicts, "no verdict for the published frames")
         values = {kv.key: kv.value for kv in frame_verdicts[0].status[0].values}

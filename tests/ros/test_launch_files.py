@@ -56,7 +56,7 @@ def test_xml_launch_starts_the_lifecycle_node_with_the_parameter_file_and_remap(
     params = node.findall("param")
     assert params[0].get("from") == "$(var params_file)"
     named = {p.get("name"): p.get("value") for p in params[1:]}
-    assert named == {n: f"'$(var {n})'" for n in ("artefact", "checkpoint", "model_class", "layer")}
+    assert named == {n: f"$(var {n})" for n in ("artefact", "checkpoint", "model_class", "layer")}
     (remap,) = node.findall("remap")
     assert (remap.get("from"), remap.get("to")) == ("image", "$(var image_topic)")
     text = LAUNCH_PY.read_text()
