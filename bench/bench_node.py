@@ -19,7 +19,6 @@ stopped with SIGINT at the end (its exit code is reported).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import signal
@@ -37,12 +36,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OVERHEAD_TARGET_P99_MS = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
 
 def _pct(values: list[float], q: float) -> float:
     import numpy as np
@@ -121,6 +114,7 @@ def bench_node(ctx: Any) -> dict[str, Any]:
 
     from bench.bench_replay import _monitor
     from lsea_monitor.artefact import DetectorArtefact
+    from lsea_monitor.process import die_with_parent
     from offline_calibration.synthetic import render_scene
 
     paced_n, rate_hz, duration_s = (8, 10.0, 5.0) if ctx.quick else (60, 10.0, 30.0)
@@ -144,7 +138,7 @@ def bench_node(ctx: Any) -> dict[str, Any]:
                "-r", f"__ns:=/{namespace}"]
         log = open(tmp / "node.log", "wb")
         node = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent())
         client = _Client(domain_id, namespace)
         out: dict[str, Any] = {"model": mon["source"], "input_hw": [pre.height, pre.width], "domain_id": domain_id}
         try:

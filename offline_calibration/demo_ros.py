@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lsea_monitor.process import die_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 NODE_NAME = "lsea_monitor"
 IMAGE_TOPIC = "/demo/camera/image"
@@ -68,7 +70,7 @@ def run(work: Path, cfg: Any, *, checkpoint: str, artefact: str, n_per_phase: in
     print(f"[demo] starting the node (log: {log_path}, ROS_DOMAIN_ID={domain_id})")
     with open(log_path, "wb") as log:
         node_proc = subprocess.Popen(cmd, env=ros_child_env(domain_id), cwd=REPO, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
     rclpy.init()
     node = rclpy.create_node("lsea_demo_camera")
     verdicts: dict[int, dict[str, Any]] = {}

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lsea_monitor.node_cameras import is_watchdog_reason
+from lsea_monitor.process import die_with_parent
 from lsea_monitor.replay import decode
 from lsea_monitor.replay.bag_io import BagReader
 from lsea_monitor.replay.errors import CorruptBagError, LiveModeError
@@ -107,7 +108,7 @@ class NodeProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(self.cmd, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
 
     def alive(self) -> bool:
         return self.proc.poll() is None

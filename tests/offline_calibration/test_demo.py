@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from lsea_monitor.process import die_with_parent
+
 pytestmark = [pytest.mark.slow, pytest.mark.ros]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _demo(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "offline_calibration.demo", "--quick", "--work-dir", str(work)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+                          preexec_fn=die_with_parent())  # a killed pytest leaves no demo (nor its node)
 
 
 def test_quick_demo_runs_every_step_and_a_rerun_uses_the_cache(ros_env: dict[str, str], tmp_path: Path) -> None:

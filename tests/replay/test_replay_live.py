@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from lsea_monitor.process import die_with_parent
 
 pytest.importorskip("rclpy", reason="live mode needs the ROS 2 wheels (pip install lsea-monitor[ros])")
 
@@ -27,7 +30,7 @@ def monitor_args(m) -> list[str]:
 
 def run_tool(args: list[str], env: dict[str, str], timeout_s: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lsea_monitor.replay.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout_s)
+                          text=True, timeout=timeout_s, preexec_fn=die_with_parent())
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -92,7 +95,8 @@ def test_live_attached_to_a_running_compressed_node(replay_monitor, demo_bags, t
         [sys.executable, "-m", "lsea_monitor.node", "--ros-args", "-r", "__ns:=/robot", "-p", f"checkpoint:={m.checkpoint}",
          "-p", f"artefact:={m.artefact}", "-p", "device:=cpu", "-p", "input_type:=compressed",
          "-p", "qos.reliability:=reliable", "-r", "image:=/camera/image_raw/compressed"],
-        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=die_with_parent())
     try:
         out = tmp_path / "eval"
         proc = run_tool([str(demo_bags["sqlite3_png"]), "--image-topic", "/camera/image_raw/compressed", "--gt-file",
@@ -122,7 +126,8 @@ def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, dem
         [sys.executable, "-m", "lsea_monitor.node", "--ros-args", "-p", f"checkpoint:={m.checkpoint}",
          "-p", f"artefact:={m.artefact}", "-p", "device:=cpu", "-p", "qos.reliability:=reliable",
          "-r", "image:=/camera/image_raw"],
-        env=ros_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=ros_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent())
     tool = None
     try:
         out = tmp_path / "eval"
@@ -130,7 +135,8 @@ def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, dem
         tool = subprocess.Popen([sys.executable, "-m", "lsea_monitor.replay.cli", str(demo_bags["mcap_raw"]),
                                  "--image-topic", "/camera/image_raw", "--gt-topic", "/ground_truth/ood", "--mode",
                                  "live", "--attach", "--rate", "0.2", "--out", str(out)],
-                                env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=die_with_parent())
         ready = threading.Event()
         stderr_lines: list[str] = []
 
@@ -157,6 +163,67 @@ def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, dem
         for p in (tool, node):
             if p is not None:
                 stop(p)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_the_node_the_tool_started_dies_with_a_killed_tool(replay_monitor, demo_bags, tmp_path: Path,
+                                                            ros_env) -> None:
+    """SIGKILL gives the tool no chance to stop its node; the kernel's parent-death signal does, so no
+    orphaned monitor goes on holding the ROS domain (and, on a vehicle's GPU, its memory)."""
+    import threading
+    import time
+
+    tool = subprocess.Popen([sys.executable, "-m", "lsea_monitor.replay.cli", str(demo_bags["mcap_raw"]),
+                             "--image-topic", "/camera/image_raw", "--mode", "live", "--rate", "0.2",
+                             "--out", str(tmp_path / "eval"), *monitor_args(replay_monitor)],
+                            env=ros_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent())
+    node_pids: list[int] = []
+    try:
+        ready = threading.Event()
+        stderr_lines: list[str] = []
+
+        def read_stderr() -> None:
+            for line in tool.stderr:
+                stderr_lines.append(line)
+                if "node ready" in line:
+                    ready.set()
+
+        threading.Thread(target=read_stderr, daemon=True).start()
+        assert ready.wait(timeout=300), "".join(stderr_lines)[-3000:]
+        node_pids = [pid for pid in _children(tool.pid) if _running(pid)]
+        assert node_pids, "the tool reported its node ready but has no running child"
+        tool.kill()
+        tool.wait(timeout=30)
+        deadline = time.monotonic() + 30.0
+        while any(_running(pid) for pid in node_pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in node_pids), "the node outlived the SIGKILLed tool"
+    finally:
+        stop(tool)
+        for pid in node_pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_node_that_cannot_start_is_a_clear_live_error(replay_monitor, demo_bags, tmp_path: Path, ros_env) -> None:

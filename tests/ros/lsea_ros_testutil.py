@@ -22,6 +22,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+# One implementation of the death signal for the product's children (replay, demo, bench) and the tests'.
+from lsea_monitor.process import die_with_parent as pdeathsig_preexec
+
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "config" / "lsea_monitor.params.yaml"
 PUBLISHER = Path(__file__).resolve().parent / "lsea_frame_publisher.py"
@@ -53,33 +56,6 @@ def node_command(files: Any, *, params_file: Path = PARAMS_YAML, executable: Opt
     if namespace:
         cmd += ["-r", f"__ns:=/{namespace}"]
     return cmd
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies (Linux), so a
-    killed pytest leaves no node or camera behind.
-
-    Everything is resolved before the fork; in the child only ``prctl``, ``getppid`` and ``kill``
-    run. If the parent already died between fork and prctl, the child signals itself. The signal is
-    tied to the *thread* that forked: start children from the test's main thread (as fixtures do).
-    """
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    sig = int(sig)
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-
-    return preexec
 
 
 class NodeProcess:

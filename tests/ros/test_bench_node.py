@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lsea_monitor.process import die_with_parent
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,8 +22,8 @@ def test_bench_node_section_quick(ros_env: dict[str, str], tmp_path: Path) -> No
     out = tmp_path / "bench.json"
     env = {k: v for k, v in ros_env.items() if not k.startswith("LSEA_BENCH_")}
     proc = subprocess.run([sys.executable, "bench/run_bench.py", "--only", "node", "--quick", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=die_with_parent())  # a killed pytest leaves no bench (nor its node)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())["sections"]["node"]
     assert "error" not in res and "skipped" not in res, res
