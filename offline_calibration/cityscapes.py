@@ -123,11 +123,12 @@ def _palette_indices(data: np.ndarray, path: Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:
             im.load()
-            if im.mode != "P":
-                raise ImageDecodeError(f"Label image {path} declares a palette but decodes as mode {im.mode!r}.")
-            return np.asarray(im, dtype=np.uint8).copy()
+            mode, indices = im.mode, np.asarray(im, dtype=np.uint8).copy()
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"Cannot decode label image {path} ({data.size} bytes): {err}.") from err
+    if mode != "P":
+        raise ImageDecodeError(f"Label image {path} declares a palette but decodes as mode {mode!r}.")
+    return indices
 
 
 def load_label(path: str | os.PathLike) -> np.ndarray:
