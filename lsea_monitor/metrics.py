@@ -13,7 +13,9 @@ labels here are the project's 0/1.
   of the InD samples.
 
 AUPR values are average precision (``sklearn.metrics.average_precision_score``, a step-wise sum);
-pytorch-ood integrates the same curve with the trapezoidal rule, which differs by O(1/n).
+pytorch-ood integrates the same curve with the trapezoidal rule: close for continuous scores,
+but far apart when scores tie across the classes (a KDE posterior saturating at 1.0: 0.77 against
+0.89 with 30 % of the InD scores tied with the OoD ones).
 """
 
 from __future__ import annotations
@@ -142,6 +144,12 @@ def _mcc(tp: int, fp: int, tn: int, fn: int) -> float:
     return 0.0 if denominator == 0 else (tp * tn - fp * fn) / denominator
 
 
+def _area(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoid area under y(x). Written out: np.trapezoid needs NumPy >= 2.0 (np.trapz is deprecated
+    there), while a ROS 2 venv on Ubuntu 24.04 sees the system's NumPy 1.26."""
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
+
+
 def ood_metrics(
     scores: ArrayLike, is_ood: ArrayLike, threshold: float | None = None
 ) -> dict[str, float | int]:
@@ -184,7 +192,7 @@ def ood_metrics(
     tn = int(np.count_nonzero(~predicted & ~ood))
     f1_denominator = 2 * tp + fp + fn
     return {
-        "auroc": float(np.trapezoid(tpr, fpr)),
+        "auroc": _area(fpr, tpr),
         "aupr_in": _average_precision(-s, ~ood),
         "aupr_out": _average_precision(s, ood),
         "fpr_at_95_tpr_ood_positive": _fpr_at_tpr(s, ood, _TPR_TARGET),
