@@ -97,12 +97,20 @@ def compose_mixed(features: dict[str, dict[str, np.ndarray]], kinds: list[str], 
     return {k: np.stack([features[f"{split}/{kinds[j]}"][k][i] for i, j in enumerate(pick)]) for k in keys}
 
 
-def first_images(features: dict[str, dict[str, np.ndarray]], split: str, n: int) -> dict[str, dict[str, np.ndarray]]:
-    """The rows of images ``0..n-1`` of every set of ``split`` except the composed ``all``: the
-    images a capped extraction (``baselines.max_images``) reads, since the data sets take the first n."""
-    prefix = f"{split}/"
-    return {name: {key: col[rows["index"] < n] for key, col in rows.items()}
-            for name, rows in features.items() if name.startswith(prefix) and name != f"{split}/all"}
+def common_first_images(features: dict[str, dict[str, np.ndarray]], baseline_scores: dict[str, dict[str, np.ndarray]],
+                        sets: list[str], split: str = "test") -> tuple[dict, dict, dict[str, int]]:
+    """Per set of ``split``, the rows of the images both the detectors' features and the baselines'
+    scores hold: each extraction reads a set's first images (its own cap), so that is the first
+    ``min(n_detectors, n_baselines)`` of them, counted per set (a WoodScape soiling set has its own
+    size). Returns the detectors' rows, the baselines' rows and the count per set."""
+    det, base, counts = {}, {}, {}
+    for name in sets:
+        f, b = features[f"{split}/{name}"], baseline_scores[f"{split}/{name}"]
+        n = min(len(f["index"]), len(b["index"]))
+        det[f"{split}/{name}"] = {key: col[f["index"] < n] for key, col in f.items()}
+        base[f"{split}/{name}"] = {key: col[b["index"] < n] for key, col in b.items()}
+        counts[name] = n
+    return det, base, counts
 
 
 def fit_ood_rows(features: dict[str, dict[str, np.ndarray]], kinds: list[str], seed: int, split: str,
@@ -357,15 +365,18 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
                                              **{f"test {o}": bs[f"test/{o}"][b] for o in ood_sets}}
     if baseline_scores:
         # The baselines cost 1 + M full passes per image and often run on fewer images than the
-        # detectors: compare them on the same images, or a difference may be the images'.
-        n_b = len(baseline_scores["test/ind"][BASELINE_NAMES[0]])
-        same = first_images(features, "test", n_b)
-        same["test/all"] = compose_mixed(same, kinds, d.anomaly_seed, "test")
-        results["same_images"] = {"n_images_per_set": n_b, "auroc": {
-            **{name: {ood: evaluate(art.score_features(same["test/ind"]["h_z"]),
-                                    art.score_features(same[f"test/{ood}"]["h_z"]), art.threshold)["auroc"]
+        # detectors (or, with dataset.max_images below baselines.max_images, on more): compare them
+        # on the images both scored, or a difference may be the images'.
+        det_same, base_same, n_same = common_first_images(features, baseline_scores, ["ind", *ood_sets[1:]])
+        det_same["test/all"] = compose_mixed(det_same, kinds, d.anomaly_seed, "test")
+        base_same["test/all"] = compose_mixed(base_same, kinds, d.anomaly_seed, "test")
+        n_same["all"] = len(det_same["test/all"]["index"])
+        results["same_images"] = {"n_images_per_set": n_same["ind"], "n_images": n_same, "auroc": {
+            **{name: {ood: evaluate(art.score_features(det_same["test/ind"]["h_z"]),
+                                    art.score_features(det_same[f"test/{ood}"]["h_z"]), art.threshold)["auroc"]
                       for ood in ood_sets} for name, art in artefacts.items()},
-            **{f"baseline {b}": {ood: r["ood_sets"][ood]["auroc"] for ood in ood_sets}
+            **{f"baseline {b}": {ood: evaluate(base_same["test/ind"][b], base_same[f"test/{ood}"][b],
+                                               r["threshold"])["auroc"] for ood in ood_sets}
                for b, r in results["baselines"].items()}}}
     if segmentation is not None:
         if segmentation["split"] == "test":  # does the monitor catch the anomalies that matter?

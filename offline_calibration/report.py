@@ -118,9 +118,12 @@ def write_report(report: dict[str, Any], out: Path, *, features: dict[str, dict[
         lines += [f"## Test InD vs {ood}", "", metrics_table(rows), f"![ROC {ood}]({files[f'roc_{ood}']})", ""]
     if "same_images" in report:
         same = report["same_images"]
-        lines += [f"## Detectors and baselines on the same test images ({same['n_images_per_set']} per set)", "",
-                  "The baselines run on the first images of each set only (each costs 1 + M full passes); "
-                  "AUROC of every detector on just those images:", "",
+        counts = same.get("n_images", {})
+        sizes = "" if all(v == same["n_images_per_set"] for v in counts.values()) else (
+            ": " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines += [f"## Detectors and baselines on the same test images ({same['n_images_per_set']} per set{sizes})",
+                  "", "The baselines run on the first images of each set only (each costs 1 + M full passes); "
+                  "AUROC of every detector and baseline on the images both scored:", "",
                   "| | " + " | ".join(ood_sets) + " |", "|---|" + "---|" * len(ood_sets)]
         lines += [f"| {name} | " + " | ".join(_num(row[ood], 4) for ood in ood_sets) + " |"
                   for name, row in same["auroc"].items()]

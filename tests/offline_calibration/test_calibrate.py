@@ -43,36 +43,49 @@ def test_detectors_and_baselines_are_compared_on_the_same_images(monitor_files, 
     same = report["same_images"]
     n = same["n_images_per_set"]
     assert n == report["baselines"]["msp"]["n_images_per_set"] < report["data"]["test/ind"]  # a capped subset
-    for b, result in report["baselines"].items():
-        assert same["auroc"][f"baseline {b}"] == {ood: m["auroc"] for ood, m in result["ood_sets"].items()}
+    assert same["n_images"] == {ood: n for ood in ["ind", *report["baselines"]["msp"]["ood_sets"]]}
+    for b, result in report["baselines"].items():  # the baselines' own images are the common ones here
+        assert same["auroc"][f"baseline {b}"] == pytest.approx({ood: m["auroc"] for ood, m in result["ood_sets"].items()})
     assert set(same["auroc"]) >= set(report["detectors"])
     assert all(0.0 <= a <= 1.0 for row in same["auroc"].values() for a in row.values())
     md = (monitor_files.report.parent / "report.md").read_text()
     assert f"## Detectors and baselines on the same test images ({n} per set)" in md
 
 
-def test_first_images_are_the_images_a_capped_extraction_reads() -> None:
-    """Rows are kept by image index, and the mixed set composed from them is the full one's first rows
-    (each image's anomaly kind depends on its index only)."""
-    from offline_calibration.calibrate import compose_mixed, first_images
+def test_common_first_images_are_the_images_both_extractions_read() -> None:
+    """Rows are kept by image index, per set: the first min(detector, baseline) images of each (a
+    soiling set has its own size; with dataset.max_images below baselines.max_images the detectors
+    hold fewer); the mixed set composed from them is the full one's first rows (each image's anomaly
+    kind depends on its index only)."""
+    from offline_calibration.calibrate import common_first_images, compose_mixed
 
-    kinds, n_all, n = ["mud", "fog", "sunflare"], 12, 5
+    kinds, n_all, n_base = ["mud", "fog", "sunflare"], 12, 5
     rng = np.random.default_rng(0)
     order = rng.permutation(n_all)  # rows need not be sorted by index
     features = {f"test/{k}": {"index": order, "h_z": rng.normal(size=(n_all, 4))} for k in ["ind", *kinds]}
+    features["test/soiling"] = {"index": np.arange(20), "h_z": rng.normal(size=(20, 4))}
     features["val/ind"] = {"index": np.arange(3), "h_z": np.zeros((3, 4))}
-    features["test/all"] = {"index": np.arange(n_all), "h_z": np.zeros((n_all, 4))}
-    sub = first_images(features, "test", n)
-    assert set(sub) == {"test/ind", "test/mud", "test/fog", "test/sunflare"}
-    for name, rows in sub.items():
-        keep = features[name]["index"] < n
-        assert sorted(rows["index"]) == list(range(n))
+    baselines = {f"test/{k}": {"index": np.arange(n_base), "msp": rng.normal(size=n_base)}
+                 for k in ["ind", *kinds]}
+    baselines["test/soiling"] = {"index": np.arange(16), "msp": rng.normal(size=16)}
+    det, base, counts = common_first_images(features, baselines, ["ind", *kinds, "soiling"])
+    assert counts == {"ind": 5, "mud": 5, "fog": 5, "sunflare": 5, "soiling": 16}
+    assert set(det) == set(base) == {f"test/{k}" for k in ["ind", *kinds, "soiling"]}
+    for name, rows in det.items():
+        keep = features[name]["index"] < counts[name.split("/")[1]]
+        assert sorted(rows["index"]) == list(range(counts[name.split("/")[1]]))
         np.testing.assert_array_equal(rows["h_z"], features[name]["h_z"][keep])
-    sorted_full = {k: {c: v[c][np.argsort(v["index"])] for c in v} for k, v in features.items() if k != "test/all"}
-    sorted_sub = {k: {c: v[c][np.argsort(v["index"])] for c in v} for k, v in sub.items()}
+        np.testing.assert_array_equal(base[name]["index"], np.arange(counts[name.split("/")[1]]))
+    sorted_full = {k: {c: v[c][np.argsort(v["index"])] for c in v} for k, v in features.items()}
+    sorted_sub = {k: {c: v[c][np.argsort(v["index"])] for c in v} for k, v in det.items()}
     full_mix = compose_mixed(sorted_full, kinds, 7, "test")
     sub_mix = compose_mixed(sorted_sub, kinds, 7, "test")
-    np.testing.assert_array_equal(sub_mix["h_z"], full_mix["h_z"][:n])
+    np.testing.assert_array_equal(sub_mix["h_z"], full_mix["h_z"][:n_base])
+    # the detectors capped below the baselines: the baselines' rows are cut to the detectors' images
+    few = {name: {c: col[rows["index"] < 3] for c, col in rows.items()} for name, rows in features.items()}
+    det, base, counts = common_first_images(few, baselines, ["ind", "mud"])
+    assert counts == {"ind": 3, "mud": 3}
+    assert list(base["test/mud"]["index"]) == [0, 1, 2] and sorted(det["test/mud"]["index"]) == [0, 1, 2]
 
 
 def test_report_files_and_artefact(monitor_files, report: dict) -> None:
