@@ -51,10 +51,11 @@ class DeepLabV3PlusDropBlock(nn.Module):
 
     Notes
     -----
-    ``dropblock.DropBlock2D`` zeroes every cell when a seed falls anywhere in a feature map
-    smaller than the block (e.g. 4 x 8 cells for a 64 x 128 input at stride 16 with block 12); its
-    rescaling then divides by zero and the output is NaN. Use inputs whose deepest feature map is
-    larger than ``block_size`` (256 x 512 gives 16 x 32) or a smaller block.
+    On a feature map not much larger than the block (e.g. 4 x 8 cells for a 64 x 128 input at
+    stride 16 with block 12), a single ``dropblock.DropBlock2D`` seed can blank all of it (a seed
+    near the middle does: 0 of 32 cells kept); its rescaling then divides by zero and the output is
+    NaN. Use inputs whose deepest feature map is well larger than ``block_size`` (256 x 512 gives
+    16 x 32) or a smaller block.
     """
 
     def __init__(

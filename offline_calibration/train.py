@@ -7,8 +7,12 @@ Example::
 With ``--train-size`` smaller than ``--img-size``, training uses random crops of that size (cheaper
 per step, objects at their run-time scale; the network is fully convolutional); validation runs
 on whole frames at ``--img-size``, after the last epoch and, with ``--val-every N``, every N
-epochs. Writes ``checkpoints/last.ckpt``, ``checkpoints/best.ckpt`` (the best validation mIoU among
-those validations: without ``--val-every`` the last epoch's model) and ``train_report.json``.
+epochs. Writes ``checkpoints/last.ckpt`` (the model after the last epoch), ``checkpoints/best.ckpt``
+(the best validation mIoU among those validations: without ``--val-every`` the last epoch's model;
+a rerun into the same folder replaces both) and ``train_report.json``.
+
+The defaults suit a CPU (AdamW at 2e-3, ResNet-18 encoder, block 12); the original trained a
+ResNet-101 with SGD: ``--encoder resnet101 --optimizer sgd --lr ...`` for that.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from offline_calibration.model import MODEL_CLASS, DeepLabV3PlusModule
 
@@ -53,6 +57,16 @@ class RandomCrop(Dataset):
     def __init__(self, dataset: Dataset, size: tuple[int, int], seed: int = 0) -> None:
         self.dataset, self.size = dataset, size
         self.rng = np.random.default_rng(seed)
+        self._worker_seed: int | None = None
+
+    def _generator(self) -> np.random.Generator:
+        # A DataLoader worker holds a copy of this object, generator state included: every worker
+        # would draw the same windows, again each epoch. Its own seed (torch's, per worker and per
+        # epoch, seeded by pl.seed_everything(workers=True)) gives it its own stream.
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self.rng, self._worker_seed = np.random.default_rng(info.seed), info.seed
+        return self.rng
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -61,11 +75,27 @@ class RandomCrop(Dataset):
         item = dict(self.dataset[index])
         h, w = item["image"].shape[-2:]
         ch, cw = min(self.size[0], h), min(self.size[1], w)
-        top = int(self.rng.integers(0, h - ch + 1))
-        left = int(self.rng.integers(0, w - cw + 1))
+        rng = self._generator()
+        top = int(rng.integers(0, h - ch + 1))
+        left = int(rng.integers(0, w - cw + 1))
         item["image"] = item["image"][..., top:top + ch, left:left + cw]
         item["label"] = item["label"][..., top:top + ch, left:left + cw]
         return item
+
+
+def _validate_last_epoch_callback():  # noqa: ANN202 - a Lightning callback class, built lazily
+    from pytorch_lightning.callbacks import Callback
+
+    class ValidateLastEpoch(Callback):
+        """Validate after the last epoch too when it is not a multiple of ``check_val_every_n_epoch``:
+        Lightning writes checkpoints only after a validation, so the last epochs' model would be
+        neither validated nor saved (and with ``--val-every`` above ``--epochs``, no best.ckpt at all)."""
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+                trainer.check_val_every_n_epoch = 1  # read by the epoch loop at the end of each epoch
+
+    return ValidateLastEpoch()
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
@@ -89,8 +119,17 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                   batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=True)
     model = DeepLabV3PlusModule(encoder_name=cfg.encoder_name, block_size=cfg.block_size, drop_prob=cfg.drop_prob,
                                 optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_last=True)
-    callbacks = [best, TQDMProgressBar(refresh_rate=5)] if progress else [best]
+    # No version counter: a rerun into the same folder writes best.ckpt and last.ckpt again (with it,
+    # best-v1.ckpt beside the old run's best.ckpt, which the documented path would still name).
+    # Saved after each validation (save_on_train_epoch_end=False): Lightning otherwise decides where
+    # to save from check_val_every_n_epoch, which _validate_last_epoch_callback changes mid-run.
+    # last.ckpt is written below, after fit: ModelCheckpoint(save_last=True) rewrites it only when a
+    # validation improved on the best, so it need not hold the last model.
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max",
+                           enable_version_counter=False, save_on_train_epoch_end=False)
+    callbacks = [best, _validate_last_epoch_callback()]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
     # Validation only at the end of training by default: at full size it costs as much as an epoch.
     trainer = pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                          default_root_dir=str(out), callbacks=callbacks, enable_progress_bar=progress,
@@ -99,12 +138,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=dm.val_dataloader())
     seconds = time.perf_counter() - start
+    last = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(last)
     val = trainer.validate(model, dataloaders=dm.val_dataloader(), ckpt_path=best.best_model_path or None,
                            verbose=False)[0]
     report = {"config": asdict(cfg), "model_class": MODEL_CLASS, "train_seconds": round(seconds, 1),
               "val_miou": float(val["val_miou"]), "val_loss": float(val["val_loss"]),
-              "best_checkpoint": str(Path(best.best_model_path or ckpt_dir / "last.ckpt").resolve()),
-              "last_checkpoint": str((ckpt_dir / "last.ckpt").resolve())}
+              "best_checkpoint": str(Path(best.best_model_path or last).resolve()),
+              "last_checkpoint": str(last.resolve())}
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
