@@ -378,8 +378,10 @@ class Hysteresis:
     """Debounces raw per-frame OoD decisions into the published flag.
 
     The flag rises when at least ``raise_after`` of the last ``window`` frames were OoD, and falls
-    after ``clear_after`` consecutive InD frames. It starts raised: until the monitor has seen
-    enough good frames it cannot vouch for the camera (fail closed).
+    after ``clear_after`` consecutive InD frames once the window no longer holds ``raise_after`` OoD
+    frames (the raise rule wins), i.e. after ``max(clear_after, window - raise_after + 1)`` InD
+    frames following an OoD stretch. It starts raised: until the monitor has seen enough good frames
+    it cannot vouch for the camera (fail closed).
     """
 
     def __init__(self, *, raise_after: int = 2, window: int = 3, clear_after: int = 3, initial_flag: bool = True) -> None:

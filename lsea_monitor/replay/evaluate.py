@@ -166,7 +166,9 @@ def false_alarms(stamps_ns: Sequence[int] | np.ndarray, flags: Sequence[bool] | 
     ``span_ns`` is the driving span ``(start, end)`` (see :func:`driving_span`); its part outside the
     OoD intervals is the InD driving time. Returns ``false_alarms``, ``ind_hours``,
     ``false_alarms_per_hour`` (NaN when there is no InD time), ``alarm_stamps_ns`` and
-    ``ind_frames_flagged`` (fraction of InD frames with the flag raised).
+    ``ind_frames_flagged`` (fraction of InD frames with the flag raised). Both the InD time and the
+    InD frames include the start-up before the flag was first lowered: no alarm can start there
+    (the flag is already raised), and a consumer does see the flag raised on those frames.
     """
     stamps, f = _arr(stamps_ns, np.int64), _arr(flags, bool)
     ood = in_intervals(stamps, intervals)
