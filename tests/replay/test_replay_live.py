@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,24 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def wait_until_node_ready(tool: subprocess.Popen, timeout_s: float = 300) -> tuple[threading.Thread, list[str]]:
+    """Read the tool's stderr in a thread (it goes on reading) until the tool reports its node ready;
+    the reader and the lines read so far."""
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in tool.stderr:
+            lines.append(line)
+            if "node ready" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert ready.wait(timeout=timeout_s), "".join(lines)[-3000:]
+    return reader, lines
 
 
 def node_seeds_frames() -> bool:
@@ -118,7 +137,6 @@ def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, dem
                                                              ros_env) -> None:
     """A node the tool did not start is watched through the graph: once it stops subscribing to the
     images, the frames played afterwards cannot be judged, and the run must not be reported as a result."""
-    import threading
     import time
 
     m = replay_monitor
@@ -137,18 +155,7 @@ def test_attached_node_that_stops_mid_replay_is_a_live_error(replay_monitor, dem
                                  "live", "--attach", "--rate", "0.2", "--out", str(out)],
                                 env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=die_with_parent())
-        ready = threading.Event()
-        stderr_lines: list[str] = []
-
-        def read_stderr() -> None:
-            for line in tool.stderr:
-                stderr_lines.append(line)
-                if "node ready" in line:
-                    ready.set()
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        assert ready.wait(timeout=300), "".join(stderr_lines)[-3000:]
+        reader, stderr_lines = wait_until_node_ready(tool)
         time.sleep(1.0)
         node.send_signal(signal.SIGINT)  # a clean exit: its endpoints leave the graph at once
         node.wait(timeout=60)
@@ -190,7 +197,6 @@ def test_the_node_the_tool_started_dies_with_a_killed_tool(replay_monitor, demo_
                                                             ros_env) -> None:
     """SIGKILL gives the tool no chance to stop its node; the kernel's parent-death signal does, so no
     orphaned monitor goes on holding the ROS domain (and, on a vehicle's GPU, its memory)."""
-    import threading
     import time
 
     tool = subprocess.Popen([sys.executable, "-m", "lsea_monitor.replay.cli", str(demo_bags["mcap_raw"]),
@@ -200,17 +206,7 @@ def test_the_node_the_tool_started_dies_with_a_killed_tool(replay_monitor, demo_
                             preexec_fn=die_with_parent())
     node_pids: list[int] = []
     try:
-        ready = threading.Event()
-        stderr_lines: list[str] = []
-
-        def read_stderr() -> None:
-            for line in tool.stderr:
-                stderr_lines.append(line)
-                if "node ready" in line:
-                    ready.set()
-
-        threading.Thread(target=read_stderr, daemon=True).start()
-        assert ready.wait(timeout=300), "".join(stderr_lines)[-3000:]
+        wait_until_node_ready(tool)
         node_pids = [pid for pid in _children(tool.pid) if _running(pid)]
         assert node_pids, "the tool reported its node ready but has no running child"
         tool.kill()
