@@ -79,8 +79,8 @@ SPECS: tuple[ParamSpec, ...] = (
               1, 1000),
     ParamSpec("hysteresis.window", "window", 5, "n, the number of recent frames the raise rule looks at.", LIVE,
               1, 1000),
-    ParamSpec("hysteresis.clear_after", "clear_after", 5, "Clear the flag after m consecutive InD frames (and once the window holds fewer than k OoD frames: "
-              "at least window - raise_after + 1 of them).", LIVE,
+    ParamSpec("hysteresis.clear_after", "clear_after", 5, "Clear the flag after m consecutive InD frames (and "
+              "once the window holds fewer than k OoD frames: at least window - raise_after + 1 of them).", LIVE,
               1, 1000),
     ParamSpec("watchdog_timeout_s", "watchdog_timeout_s", 1.0, "No image for this long -> stale ERROR verdicts and "
               "the flag raised; 0 disables the watchdog (not for a vehicle).", LIVE, 0.0, 3600.0),
