@@ -31,6 +31,7 @@ from lsea_monitor.errors import DatasetLayoutError, InputValidationError, LseaEr
 from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.preprocessing import Preprocessing
 from lsea_monitor.threshold import select_threshold
+from offline_calibration.anomalies import ANOMALY_VERSION
 from offline_calibration.config import CalibrationConfig, load_config
 from offline_calibration.extraction import (
     FeatureCache,
@@ -303,7 +304,7 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
                  "model_class": cfg.model.model_class, "layer": cfg.model.layer, "mc_samples": s.mc_samples,
                  "strategy": s.strategy, "entropy_k": s.entropy_k, "precision": s.precision,
                  "preprocessing": preprocessing.to_dict(), "dataset_root": d.root, "anomaly_seed": d.anomaly_seed,
-                 "max_images": d.max_images}
+                 "max_images": d.max_images, "anomaly_version": ANOMALY_VERSION}
     run_kw = dict(batch_size=s.batch_size, num_workers=s.num_workers, accelerator=s.accelerator, devices=s.devices,
                   strategy=s.ddp_strategy, progress=progress)
     features: dict[str, dict[str, np.ndarray]] = {}

@@ -102,6 +102,7 @@ def train_model(work: Path, cfg: DemoConfig) -> dict[str, Any]:
 def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
     import yaml
 
+    from offline_calibration.anomalies import ANOMALY_VERSION
     from offline_calibration.calibrate import run_calibration
     from offline_calibration.config import load_config
 
@@ -129,18 +130,25 @@ def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
                 "per_kind_auroc": {k: v["auroc"] for k, v in report["detectors"][det]["ood_sets"].items()},
                 "segmentation": report.get("segmentation", {}).get("sets", {})}
 
-    return _step("calibrate", work / "calibration" / "demo_stamp.json", {**config, "checkpoint_sha256": sha}, run)
+    stamp_config = {**config, "checkpoint_sha256": sha, "anomaly_version": ANOMALY_VERSION}
+    return _step("calibrate", work / "calibration" / "demo_stamp.json", stamp_config, run)
 
 
 def replay(work: Path, *, checkpoint: str, artefact: str) -> int:
     """Step 5: a demo rosbag (InD driving, then a stretch of each anomaly), evaluated offline and live."""
     from lsea_monitor.replay import cli
     from lsea_monitor.replay.demo_bag import build_demo_bag
+    from offline_calibration.anomalies import ANOMALY_VERSION
 
     bag = work / "replay" / "demo_drive.mcap"
+    bag_stamp = work / "replay" / "demo_bag_stamp.json"
+    bag_config = {"anomaly_version": ANOMALY_VERSION}
+    if bag.exists() and not _stamp_ok(bag_stamp, bag_config):  # written with an older anomaly rendering
+        shutil.rmtree(bag) if bag.is_dir() else bag.unlink()
     if not bag.exists():
         print("[demo] building the demo rosbag ...")
         info = build_demo_bag(work / "data", bag, storage="mcap")
+        _write_stamp(bag_stamp, bag_config, {})
     else:
         info = {"image_topic": "/camera/image_raw", "gt_topic": "/ground_truth/ood"}
     repo = Path(__file__).resolve().parents[1]

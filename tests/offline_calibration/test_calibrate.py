@@ -262,6 +262,16 @@ def _entry_stamps(folder: Path) -> dict[str, int]:
     return {f.name: f.stat().st_mtime_ns for f in folder.glob("batch-*.npz")}
 
 
+def test_cache_key_names_the_anomaly_rendering(monitor_files) -> None:
+    """Features cached from an older rendering of the anomalies (ANOMALY_VERSION) are not reused."""
+    from offline_calibration.anomalies import ANOMALY_VERSION
+
+    keys = sorted((monitor_files.report.parent / "cache").glob("*/*/key.json"))
+    assert any("sunflare" in k.parent.name for k in keys)
+    for key_file in keys:
+        assert json.loads(key_file.read_text())["anomaly_version"] == ANOMALY_VERSION, key_file
+
+
 def test_cache_is_keyed_on_the_image_files(monitor_files, tmp_path: Path) -> None:
     """Entries are addressed by position in the sorted image list: a city added that sorts first, or
     an image rewritten in place, must not reuse them (features recomputed, equal to a fresh run's);
