@@ -32,17 +32,25 @@ class DeepLabV3PlusModule(pl.LightningModule):
         Class excluded from the loss and the mIoU (the void class), None to keep all.
     encoder_name : str
         smp encoder, e.g. ``resnet18`` (built-in default) or ``resnet101`` (the original).
-    block_size, drop_prob : DropBlock2D parameters of ``drop_block1``.
+    block_size, drop_prob : DropBlock2D parameters of ``drop_block1``; ``block_size`` is the one the
+        loaded checkpoint has, i.e. the one the monitor's MC sampling uses.
+    train_block_size : int or None
+        Block size while training (None: ``block_size``). Training on crops smaller than the frames
+        the monitor sees gives smaller feature maps; a block that suits them can be too small for
+        the full frames. Set on each training epoch's start, ``block_size`` restored at its end.
     optimizer : {"sgd", "adamw"}
     lr, weight_decay, momentum : optimiser settings; the learning rate follows a polynomial decay.
     """
 
     def __init__(self, *, num_classes: int = 20, ignore_index: int | None = 19, encoder_name: str = "resnet18",
                  block_size: int = 12, drop_prob: float = 0.2, optimizer: str = "sgd", lr: float = 0.01,
-                 weight_decay: float = 1e-4, momentum: float = 0.9) -> None:
+                 weight_decay: float = 1e-4, momentum: float = 0.9, train_block_size: int | None = None) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
+        if train_block_size is not None and (isinstance(train_block_size, bool) or not isinstance(train_block_size, int)
+                                             or train_block_size < 1):
+            raise ValueError(f"train_block_size must be a positive int or None, got {train_block_size!r}.")
         self.save_hyperparameters()
         self.deeplab_v3plus_model = DeepLabV3PlusDropBlock(encoder_name=encoder_name, classes=num_classes,
                                                            block_size=block_size, drop_prob=drop_prob)
@@ -65,6 +73,12 @@ class DeepLabV3PlusModule(pl.LightningModule):
             metric.update(logits.argmax(dim=1), labels)
             self.log(f"{stage}_miou", metric, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.deeplab_v3plus_model.drop_block1.block_size = self.hparams.train_block_size or self.hparams.block_size
+
+    def on_train_epoch_end(self) -> None:
+        self.deeplab_v3plus_model.drop_block1.block_size = self.hparams.block_size
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._common_step(batch, "train")

@@ -38,8 +38,9 @@ class TrainConfig:
     img_size: tuple[int, int] = (256, 512)
     train_size: tuple[int, int] = (128, 256)
     encoder_name: str = "resnet18"
-    block_size: int = 12
+    block_size: int = 12  #: the checkpoint's DropBlock block, which the monitor samples with
     drop_prob: float = 0.2
+    train_block_size: int | None = None  #: the block while training on train_size crops (None: block_size)
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -118,7 +119,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         train_loader = DataLoader(RandomCrop(train_loader.dataset, tuple(cfg.train_size), cfg.seed),
                                   batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=True)
     model = DeepLabV3PlusModule(encoder_name=cfg.encoder_name, block_size=cfg.block_size, drop_prob=cfg.drop_prob,
-                                optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                train_block_size=cfg.train_block_size)
     # No version counter: a rerun into the same folder writes best.ckpt and last.ckpt again (with it,
     # best-v1.ckpt beside the old run's best.ckpt, which the documented path would still name).
     # Saved after each validation (save_on_train_epoch_end=False): Lightning otherwise decides where
@@ -161,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, nargs=2, default=defaults.img_size, metavar=("H", "W"))
     p.add_argument("--train-size", type=int, nargs=2, default=defaults.train_size, metavar=("H", "W"))
     p.add_argument("--encoder", dest="encoder_name", default=defaults.encoder_name)
-    p.add_argument("--block-size", type=int, default=defaults.block_size)
+    p.add_argument("--block-size", type=int, default=defaults.block_size,
+                   help="DropBlock block size in feature-map cells, kept in the checkpoint: the monitor samples with it")
+    p.add_argument("--train-block-size", type=int, default=None, metavar="N",
+                   help="block size while training, when --train-size crops make smaller feature maps than the "
+                        "frames the monitor sees (default: --block-size)")
     p.add_argument("--drop-prob", type=float, default=defaults.drop_prob)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=defaults.optimizer)
     p.add_argument("--lr", type=float, default=defaults.lr)

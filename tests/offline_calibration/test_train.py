@@ -87,3 +87,38 @@ def test_crop_windows_differ_between_workers_and_epochs() -> None:
     assert epoch1 != epoch2
     assert all(0 <= t <= h - 8 and 0 <= left <= w - 8 for t, left in epoch1 + epoch2)
     assert np.unique(np.array(epoch1), axis=0).shape[0] > 4
+
+
+@pytest.mark.slow
+def test_train_block_size_applies_while_training_and_the_checkpoint_keeps_block_size(tiny_data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Training on crops smaller than the frames the monitor sees: the DropBlock trains with
+    train_block_size, and the checkpoint (what the monitor samples with) has block_size."""
+    import pytorch_lightning as pl
+
+    from lsea_monitor.checkpoint import load_model
+    from offline_calibration.cityscapes import CityscapesDataModule
+    from offline_calibration.model import MODEL_CLASS, DeepLabV3PlusModule
+
+    seen: list[int] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(pl_module.deeplab_v3plus_model.drop_block1.block_size)
+
+    module = DeepLabV3PlusModule(encoder_name="mobilenet_v2", block_size=3, train_block_size=2)
+    assert module.deeplab_v3plus_model.drop_block1.block_size == 3
+    dm = CityscapesDataModule(data_dir=str(tiny_data), batch_size=2, img_size=(64, 128))
+    dm.setup("fit")
+    pl.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, callbacks=[Recorder()],
+               default_root_dir=tmp_path).fit(module, dm.train_dataloader())
+    assert seen == [2, 2, 2, 2]  # 2 epochs of 2 batches, every one with the training block
+    assert module.deeplab_v3plus_model.drop_block1.block_size == 3  # restored after training
+
+    report = train(_config(tiny_data, tmp_path / "run", epochs=1, block_size=3, train_block_size=2), progress=False)
+    loaded = load_model(report["best_checkpoint"], MODEL_CLASS, trust_checkpoint=True)
+    assert loaded.deeplab_v3plus_model.drop_block1.block_size == 3
+    assert loaded.hparams.train_block_size == 2
+    with pytest.raises(ValueError, match="train_block_size must be a positive int"):
+        DeepLabV3PlusModule(encoder_name="mobilenet_v2", train_block_size=0)
