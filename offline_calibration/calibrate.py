@@ -405,6 +405,8 @@ def run_calibration(cfg: CalibrationConfig, *, progress: bool = True, log=print)
                   "checkpoint_sha256": checkpoint_sha,
                   "sampler": module.extractor.sampler.strategy_used_ if module.extractor else s.strategy},
         "data": {k: int(len(v["h_z"])) for k, v in features.items()},
+        "anomalies": {"kinds": list(d.anomaly_kinds), "version": ANOMALY_VERSION,
+                      "rendering": "fog and sun flare as albumentations 1.x (the original's) drew them"},
         "fit": selection,
         "metric_conventions": {
             "score": "higher = more OoD; OoD is the positive class for auroc, aupr_out, f1, mcc",

@@ -266,6 +266,7 @@ def test_cache_key_names_the_anomaly_rendering(monitor_files) -> None:
     """Features cached from an older rendering of the anomalies (ANOMALY_VERSION) are not reused."""
     from offline_calibration.anomalies import ANOMALY_VERSION
 
+    assert json.loads(monitor_files.report.read_text())["anomalies"]["version"] == ANOMALY_VERSION
     keys = sorted((monitor_files.report.parent / "cache").glob("*/*/key.json"))
     assert any("sunflare" in k.parent.name for k in keys)
     for key_file in keys:
