@@ -40,7 +40,8 @@ class TrainConfig:
     encoder_name: str = "resnet18"
     block_size: int = 12  #: the checkpoint's DropBlock block, which the monitor samples with
     drop_prob: float = 0.2
-    train_block_size: int | None = None  #: the block while training on train_size crops (None: block_size)
+    #: the block while training on train_size crops (None: block_size scaled by the crop-to-frame ratio)
+    train_block_size: int | None = None
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -50,6 +51,17 @@ class TrainConfig:
     devices: str | int = "auto"
     val_every: int = 0  #: validate every n epochs; 0 = only after the last epoch
     extra: dict = field(default_factory=dict)
+
+
+def training_block_size(cfg: TrainConfig) -> int:
+    """DropBlock block size while training: ``cfg.train_block_size`` when given, else ``block_size``
+    scaled by the crops' size relative to the frames (the deepest map shrinks with the crop, and a
+    block meant for the frames' map could blank most of the crops'; the original's 12 for 256x512
+    frames gives 6 on 128x256 crops)."""
+    if cfg.train_block_size is not None:
+        return cfg.train_block_size
+    ratio = min(cfg.train_size[0] / cfg.img_size[0], cfg.train_size[1] / cfg.img_size[1], 1.0)
+    return max(1, round(cfg.block_size * ratio))
 
 
 class RandomCrop(Dataset):
@@ -120,7 +132,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                   batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=True)
     model = DeepLabV3PlusModule(encoder_name=cfg.encoder_name, block_size=cfg.block_size, drop_prob=cfg.drop_prob,
                                 optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                train_block_size=cfg.train_block_size)
+                                train_block_size=training_block_size(cfg))
     # No version counter: a rerun into the same folder writes best.ckpt and last.ckpt again (with it,
     # best-v1.ckpt beside the old run's best.ckpt, which the documented path would still name).
     # Saved after each validation (save_on_train_epoch_end=False): Lightning otherwise decides where
@@ -166,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=defaults.block_size,
                    help="DropBlock block size in feature-map cells, kept in the checkpoint: the monitor samples with it")
     p.add_argument("--train-block-size", type=int, default=None, metavar="N",
-                   help="block size while training, when --train-size crops make smaller feature maps than the "
-                        "frames the monitor sees (default: --block-size)")
+                   help="block size while training on --train-size crops, whose feature maps are smaller than "
+                        "the frames' (default: --block-size scaled by the crop-to-frame ratio)")
     p.add_argument("--drop-prob", type=float, default=defaults.drop_prob)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=defaults.optimizer)
     p.add_argument("--lr", type=float, default=defaults.lr)

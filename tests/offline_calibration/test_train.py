@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from offline_calibration.synthetic import generate_dataset
-from offline_calibration.train import RandomCrop, TrainConfig, train
+from offline_calibration.train import RandomCrop, TrainConfig, train, training_block_size
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,12 @@ def test_train_block_size_applies_while_training_and_the_checkpoint_keeps_block_
     assert loaded.hparams.train_block_size == 2
     with pytest.raises(ValueError, match="train_block_size must be a positive int"):
         DeepLabV3PlusModule(encoder_name="mobilenet_v2", train_block_size=0)
+
+
+def test_training_block_size_defaults_to_the_block_scaled_to_the_crops() -> None:
+    cfg = TrainConfig("d", "o", img_size=(256, 512), train_size=(128, 256), block_size=12)
+    assert training_block_size(cfg) == 6  # the original's 12 at 16 x 32 -> 6 at the crops' 8 x 16
+    assert training_block_size(TrainConfig("d", "o", img_size=(256, 512), train_size=(256, 512))) == 12
+    assert training_block_size(TrainConfig("d", "o", train_size=(128, 512), block_size=9)) == 4  # smaller side
+    assert training_block_size(TrainConfig("d", "o", train_size=(16, 32), block_size=3)) == 1
+    assert training_block_size(TrainConfig("d", "o", block_size=9, train_block_size=6)) == 6  # as given
