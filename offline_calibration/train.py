@@ -11,7 +11,8 @@ epochs. Writes ``checkpoints/last.ckpt`` (the model after the last epoch), ``che
 (the best validation mIoU among those validations: without ``--val-every`` the last epoch's model;
 a rerun into the same folder replaces both) and ``train_report.json``.
 
-The defaults suit a CPU (AdamW at 2e-3, ResNet-18 encoder, block 12); the original trained a
+The defaults suit a CPU (AdamW at 2e-3, ResNet-18 encoder, block 12, scaled to 6 while training on
+the half-size crops: see ``--train-block-size``); the original trained a
 ResNet-101 with SGD: ``--encoder resnet101 --optimizer sgd --lr ...`` for that.
 """
 
