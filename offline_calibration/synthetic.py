@@ -34,6 +34,8 @@ import os
 import sys
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -977,11 +979,21 @@ def generate_dataset(root: str | os.PathLike, n_train: int, n_val: int, n_test: 
             # "spawn", not the Linux default "fork": forking a parent that already runs threads (torch's
             # OpenMP pool, tqdm's monitor, a ROS executor) can leave a child stuck on a lock copied in the
             # held state, and the pool then waits forever.
+            # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies (e.g. a spawned child that
+            # cannot re-import a __main__ read from stdin) raises BrokenProcessPool here instead of being
+            # replaced by another that dies the same way, forever.
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-                for h in pool.imap_unordered(_job, jobs, chunksize=8):
-                    hist += h
-                    bar.update()
+            try:
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads,
+                                         initargs=(1,)) as pool:
+                    for h in pool.map(_job, jobs, chunksize=8):
+                        hist += h
+                        bar.update()
+            except BrokenProcessPool as exc:
+                raise RuntimeError(
+                    f"a synthetic-data worker process died ({exc}); spawned workers re-import the calling "
+                    "script, which fails for code read from stdin or typed interactively: call "
+                    "generate_dataset from a script file or module, or pass workers=1") from exc
     finally:
         bar.close()
     seconds = time.perf_counter() - start

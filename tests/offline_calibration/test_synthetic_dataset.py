@@ -128,6 +128,16 @@ def test_image_i_does_not_depend_on_split_sizes_or_workers(tmp_path: Path) -> No
     assert not any(k.endswith("_color.png") for k in files_small)
 
 
+def test_dead_worker_processes_raise_instead_of_hanging(tmp_path: Path) -> None:
+    # Spawned workers re-import __main__, which fails for a script read from stdin: the pool must
+    # report that (multiprocessing.Pool replaced each dead worker with another, forever).
+    code = (f"from offline_calibration.synthetic import generate_dataset\n"
+            f"generate_dataset({str(tmp_path / 'cs')!r}, 4, 0, 0, height={H}, width={W}, workers=2, progress=False)\n")
+    proc = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "worker process died" in proc.stderr and "workers=1" in proc.stderr
+
+
 def test_rerun_is_idempotent_and_config_changes_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "cs"
     generate_dataset(root, 1, 1, 0, height=H, width=W, progress=False)
