@@ -10,7 +10,7 @@ import pytest
 
 from lsea_monitor.artefact import DetectorArtefact, ModelBinding
 from lsea_monitor.dataset import LatentPCA
-from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE
+from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE, PPCADetector
 from lsea_monitor.errors import ArtefactError, InputValidationError
 from lsea_monitor.preprocessing import Preprocessing
 
@@ -33,14 +33,17 @@ def _artefact(detector_name: str = "kde_classifier") -> DetectorArtefact:
         det = KDEClassifier(bandwidth=0.8).fit(pca.transform(x), y)
     elif detector_name == "one_class_kde":
         det = OneClassKDE(bandwidth=1.0).fit(pca.transform(ind))
-    else:
+    elif detector_name == "mahalanobis":
         det = MahalanobisDetector().fit(pca.transform(ind))
+    else:  # as calibrated: on the raw features, the residual off its subspace is its signal
+        pca = None
+        det = PPCADetector(n_components=6).fit(ind)
     binding = ModelBinding(model_class="pkg.mod:Model", layer="net.drop_block1", checkpoint_sha256=SHA, mc_samples=10)
     return DetectorArtefact(detector=det, pca=pca, threshold=float(det.threshold_), binding=binding,
                             preprocessing=Preprocessing(height=64, width=128), metrics={"auroc": 0.9})
 
 
-@pytest.mark.parametrize("name", ["kde_classifier", "one_class_kde", "mahalanobis"])
+@pytest.mark.parametrize("name", ["kde_classifier", "one_class_kde", "mahalanobis", "ppca"])
 def test_round_trip_gives_identical_scores(tmp_path: Path, name: str) -> None:
     art = _artefact(name)
     path = art.save(tmp_path / "a.safetensors")

@@ -9,16 +9,19 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.covariance import EmpiricalCovariance
+from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KernelDensity
 
-from lsea_monitor.detectors import DETECTORS, KDEClassifier, MahalanobisDetector, OneClassKDE, OODDetector
+from lsea_monitor.dataset import LatentPCA
+from lsea_monitor.detectors import (DETECTORS, KDEClassifier, MahalanobisDetector, OneClassKDE, OODDetector,
+                                     PPCADetector)
 from lsea_monitor.errors import InputValidationError, NotFittedError
 from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.threshold import select_threshold
 
-ALL = [KDEClassifier, OneClassKDE, MahalanobisDetector]
+ALL = [KDEClassifier, OneClassKDE, MahalanobisDetector, PPCADetector]
 
 
 def _blobs(seed: int = 0, n_ind: int = 120, n_ood: int = 80, d: int = 5, gap: float = 4.0):
@@ -28,9 +31,14 @@ def _blobs(seed: int = 0, n_ind: int = 120, n_ood: int = 80, d: int = 5, gap: fl
     return x, y
 
 
+def _make(cls: type[OODDetector]) -> OODDetector:
+    """Default parameters, except a PPCA small enough for the blobs' 5 features."""
+    return cls(n_components=2) if cls is PPCADetector else cls()
+
+
 def _fitted(cls: type[OODDetector], seed: int = 0) -> OODDetector:
     x, y = _blobs(seed)
-    return cls().fit(x, y)
+    return _make(cls).fit(x, y)
 
 
 # ---------------------------------------------------------------- references
@@ -119,6 +127,53 @@ def test_mahalanobis_rank_deficient_features_are_finite() -> None:
     assert np.all(np.isfinite(det.score_samples(x)))
 
 
+@pytest.mark.parametrize("n_ind", [80, 400])  # fewer samples than features (the calibration's case), and more
+def test_ppca_is_the_negative_sklearn_pca_log_likelihood(n_ind: int) -> None:
+    rng = np.random.default_rng(3)
+    mixing = rng.normal(size=(120, 120)) * rng.uniform(0.01, 1.0, 120)  # anisotropic, correlated
+    x = rng.normal(size=(n_ind, 120)) @ mixing + rng.normal(size=120)
+    x_new = np.r_[rng.normal(size=(30, 120)) @ mixing, 3.0 * rng.normal(size=(30, 120))]
+    det = PPCADetector(n_components=16, target_ind_tpr=0.9).fit(x)
+    ref = PCA(n_components=16, svd_solver="full").fit(x)
+    np.testing.assert_allclose(det.noise_variance_, ref.noise_variance_, rtol=1e-10)
+    np.testing.assert_allclose(det.explained_variance_, ref.explained_variance_, rtol=1e-10)
+    np.testing.assert_allclose(det.score_samples(x_new), -ref.score_samples(x_new), rtol=1e-9)
+    assert det.threshold_ == select_threshold(det.score_samples(x), 0.9)
+
+
+def test_ppca_sees_the_residual_that_a_pca_then_mahalanobis_misses() -> None:
+    """InD varies in a 2-D plane of 6-D space (plus a little noise); a frame pushed off the plane
+    keeps its in-plane coordinates, so a detector on the top PCA components cannot tell it apart."""
+    rng = np.random.default_rng(4)
+    basis = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    x = rng.normal(size=(200, 2)) * [3.0, 2.0] @ basis[:, :2].T + 0.05 * rng.normal(size=(200, 6))
+    on_plane = rng.normal(size=(50, 2)) * [3.0, 2.0] @ basis[:, :2].T
+    off_plane = on_plane + 1.0 * basis[:, 2]
+    y = np.r_[np.zeros(50), np.ones(50)]
+    ppca = PPCADetector(n_components=2).fit(x)
+    assert roc_auc_score(y, ppca.score_samples(np.r_[on_plane, off_plane])) == 1.0
+    pca = LatentPCA(n_components=2).fit(x)
+    maha = MahalanobisDetector().fit(pca.transform(x))
+    assert roc_auc_score(y, maha.score_samples(pca.transform(np.r_[on_plane, off_plane]))) < 0.6
+
+
+def test_ppca_fit_and_state_errors() -> None:
+    x, _ = _blobs()  # 200 samples of 5 features
+    with pytest.raises(InputValidationError, match=r"n_components < min\(n_samples - 1, n_features\) = 5"):
+        PPCADetector(n_components=5).fit(x)
+    with pytest.raises(InputValidationError, match=r"= 3 .* \(got 4 samples of 5 features\)"):
+        PPCADetector(n_components=3).fit(x[:4])
+    flat = np.c_[x[:, :2], np.zeros((200, 3))]  # varies in 2 directions only
+    with pytest.raises(InputValidationError, match="vary in at most 2 directions"):
+        PPCADetector(n_components=2).fit(flat)
+    params, arrays = PPCADetector(n_components=2).fit(x).get_state()
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(InputValidationError, match="non-positive or non-finite"):
+            PPCADetector.from_state({**params, "noise_variance": bad}, arrays)
+    with pytest.raises(InputValidationError, match="non-positive or non-finite"):
+        PPCADetector.from_state(params, {**arrays, "explained_variance": np.array([1.0, 0.0])})
+
+
 # ---------------------------------------------------------------- shared behaviour
 
 
@@ -126,7 +181,7 @@ def test_mahalanobis_rank_deficient_features_are_finite() -> None:
 def test_auroc_floor_on_separable_blobs(cls: type[OODDetector]) -> None:
     x, y = _blobs(10)
     x_test, y_test = _blobs(11)
-    det = cls().fit(x, y)
+    det = _make(cls).fit(x, y)
     scores = det.score_samples(x_test)
     assert scores.shape == (len(x_test),) and scores.dtype == np.float64
     assert roc_auc_score(y_test, scores) > 0.99  # higher score = more OoD
@@ -136,13 +191,14 @@ def test_auroc_floor_on_separable_blobs(cls: type[OODDetector]) -> None:
 @pytest.mark.parametrize("cls", ALL)
 def test_init_only_stores_params(cls: type[OODDetector]) -> None:
     params = {"kde_classifier": {"bandwidth": -1.0}, "one_class_kde": {"bandwidth": -1.0},
-              "mahalanobis": {"target_ind_tpr": 7.0}}[cls.name]
+              "mahalanobis": {"target_ind_tpr": 7.0}, "ppca": {"n_components": 0}}[cls.name]
     det = cls(**params)  # invalid, but only checked in fit
     assert det.get_params() | params == det.get_params()
     assert clone(det).get_params() == det.get_params()
     with pytest.raises(TypeError):
         cls(1.0)  # keyword-only
-    expected = r"bandwidth must be a finite number > 0, got -1.0|target_ind_tpr .* \(0, 1\], got 7.0"
+    expected = (r"bandwidth must be a finite number > 0, got -1.0|target_ind_tpr .* \(0, 1\], got 7.0"
+                r"|n_components must be an integer >= 1, got 0")
     with pytest.raises(InputValidationError, match=expected):
         det.fit(*_blobs())
 
@@ -244,4 +300,5 @@ def test_registry_names() -> None:
         "kde_classifier": KDEClassifier,
         "one_class_kde": OneClassKDE,
         "mahalanobis": MahalanobisDetector,
+        "ppca": PPCADetector,
     }

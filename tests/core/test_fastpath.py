@@ -18,7 +18,7 @@ from sklearn.neighbors import KernelDensity
 
 from lsea_monitor.accel import compile_deterministic_parts
 from lsea_monitor.artefact import DetectorArtefact
-from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE
+from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE, PPCADetector
 from lsea_monitor.entropy import entropy_per_dim, entropy_per_dim_device
 from lsea_monitor.errors import InputValidationError
 from lsea_monitor.metrics import ood_metrics
@@ -43,7 +43,8 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("detector", [KDEClassifier(bandwidth=0.8), OneClassKDE(bandwidth=0.8),
-                                      MahalanobisDetector()], ids=lambda d: type(d).__name__)
+                                      MahalanobisDetector(), PPCADetector(n_components=3)],
+                         ids=lambda d: type(d).__name__)
 def test_score_torch_equals_score_samples(detector: Any) -> None:
     x, y, near = _data()
     det = detector.fit(x, y)
