@@ -2,7 +2,7 @@
 
 Steps: load the user's checkpoint; extract latent MC entropies (cached, resumable, through
 Lightning) for InD and each anomaly kind on the validation and test splits; fit the guide's
-KDEClassifier and the one-class KDE and Mahalanobis detectors on validation features; pick each
+KDEClassifier and the one-class KDE, Mahalanobis and PPCA detectors on validation features; pick each
 operating threshold at the target InD TPR from out-of-fold scores; evaluate on the test split per
 OoD set, against pytorch-ood baselines, and across anomaly types; write the deployed detector's
 artefact, ``report.json``, plots and ``report.md``.
@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from lsea_monitor.artefact import DetectorArtefact, ModelBinding, sha256_file
 from lsea_monitor.checkpoint import load_model
 from lsea_monitor.dataset import LatentPCA
-from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE
+from lsea_monitor.detectors import KDEClassifier, MahalanobisDetector, OneClassKDE, PPCADetector
 from lsea_monitor.errors import DatasetLayoutError, InputValidationError, LseaError
 from lsea_monitor.metrics import ood_metrics
 from lsea_monitor.preprocessing import Preprocessing
@@ -41,7 +41,8 @@ from offline_calibration.extraction import (
     image_list_digest,
 )
 
-DETECTOR_NAMES = ("kde_classifier", "one_class_kde", "mahalanobis")
+#: Fitted on every run; "ppca" too unless detection.pca_components is 0 (it models that many directions).
+DETECTOR_NAMES = ("kde_classifier", "one_class_kde", "mahalanobis", "ppca")
 
 
 def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_images: int = 0,
@@ -139,7 +140,9 @@ def check_validation_size(cfg: CalibrationConfig, n_ind: int, n_features: int | 
 
     Every fold needs at least one validation image (the folds group each image with its altered
     copies); the one-class detectors' PCA is fitted on the InD images of each threshold fold's
-    training part, so ``pca_components`` must not exceed the smallest one (nor the feature count).
+    training part, and the PPCA detector estimates the variance left off its ``pca_components``
+    directions from them, so ``pca_components`` must stay 2 below the smallest such part (and below
+    the feature count).
 
     Raises
     ------
@@ -165,17 +168,19 @@ def check_validation_size(cfg: CalibrationConfig, n_ind: int, n_features: int | 
     p = det.pca_components
     if not p:
         return
-    if n_features is not None and p > n_features:
+    if n_features is not None and p >= n_features:
         raise InputValidationError(f"detection.pca_components is {p}, but the hooked layer gives {n_features} "
-                                   f"entropy features; use detection.pca_components <= {n_features} (0 = no PCA).")
+                                   f"entropy features; use detection.pca_components <= {n_features - 1} "
+                                   "(0 = no PCA).")
     k = det.threshold_folds
     train = _min_fold_train(n_ind, k) if k >= 2 else n_ind
-    if p > train:
-        need = next(n for n in range(p, 100 * p + 100) if (_min_fold_train(n, k) if k >= 2 else n) >= p)
-        where = (f"with detection.threshold_folds {k}, each fold's one-class detectors fit their PCA on as few as "
-                 f"{train} of them" if k >= 2 else "the one-class detectors fit their PCA on them")
+    if p > train - 2:
+        need = next(n for n in range(p, 100 * p + 100) if (_min_fold_train(n, k) if k >= 2 else n) >= p + 2)
+        where = (f"with detection.threshold_folds {k}, each fold's one-class detectors are fitted on as few as "
+                 f"{train} of them" if k >= 2 else "the one-class detectors are fitted on them")
         raise InputValidationError(f"detection.pca_components is {p}, but the validation split has {n_ind} InD "
-                                   f"images and {where}. Use detection.pca_components <= {train}, fewer folds, "
+                                   f"images and {where} (the PPCA detector needs 2 more images than components). "
+                                   f"Use detection.pca_components <= {max(train - 2, 0)}, fewer folds, "
                                    f"{more} (at least {need}).")
 
 
@@ -257,6 +262,10 @@ def fit_detectors(cfg: CalibrationConfig, val_ind: np.ndarray, val_ood: np.ndarr
         "mahalanobis": (MahalanobisDetector(target_ind_tpr=det_cfg.target_ind_tpr),
                         LatentPCA(n_components=n_comp) if n_comp else None, val_ind, None),
     }
+    if n_comp:
+        # Its own principal subspace of the raw InD entropies, plus the residual off it: no LatentPCA,
+        # which would discard exactly that residual.
+        specs["ppca"] = (PPCADetector(n_components=n_comp, target_ind_tpr=det_cfg.target_ind_tpr), None, val_ind, None)
     artefacts = {}
     for name, (detector, pca, x, y) in specs.items():
         fold_groups = groups if y is not None else None

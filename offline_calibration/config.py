@@ -74,7 +74,7 @@ class DetectionConfig:
     one_class_bandwidth: float = 1.0
     target_ind_tpr: float = 0.95
     threshold_folds: int = 5  #: out-of-fold scores for the operating threshold (0 = in-sample)
-    deploy: str = "kde_classifier"  #: kde_classifier | one_class_kde | mahalanobis
+    deploy: str = "kde_classifier"  #: kde_classifier | one_class_kde | mahalanobis | ppca
     cross_type: bool = True
 
 
@@ -180,9 +180,12 @@ class CalibrationConfig:
         if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in det.kde_bandwidth_grid):
             raise InputValidationError(f"detection.kde_bandwidth_grid must hold positive numbers, "
                                        f"got {det.kde_bandwidth_grid!r}.")
-        if det.deploy not in ("kde_classifier", "one_class_kde", "mahalanobis"):
+        if det.deploy not in ("kde_classifier", "one_class_kde", "mahalanobis", "ppca"):
             raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use kde_classifier, "
-                                       "one_class_kde or mahalanobis.")
+                                       "one_class_kde, mahalanobis or ppca.")
+        if det.deploy == "ppca" and not det.pca_components:
+            raise InputValidationError("detection.deploy is ppca, which models detection.pca_components principal "
+                                       "directions, but detection.pca_components is 0; set it (e.g. 16).")
         seg = self.segmentation
         _at_least("segmentation.max_images", seg.max_images, 0, "(0 = as many as the latent detectors)")
         if seg.split not in ("auto", "val", "test"):

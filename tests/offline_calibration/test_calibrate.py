@@ -26,7 +26,7 @@ def report(monitor_files) -> dict:
 def test_report_has_every_metric_per_detector_and_ood_set(report: dict) -> None:
     keys = {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr_ood_positive", "fpr_at_95_tpr_ind_positive",
             "accuracy", "mcc", "f1"}
-    assert set(report["detectors"]) == {"kde_classifier", "one_class_kde", "mahalanobis"}
+    assert set(report["detectors"]) == {"kde_classifier", "one_class_kde", "mahalanobis", "ppca"}
     assert set(report["baselines"]) == {"msp", "energy", "mcd_entropy"}
     for group in ("detectors", "baselines"):
         for result in report[group].values():
@@ -199,7 +199,7 @@ def test_per_image_mc_seeding_leaves_the_seed_out_of_the_artefact(monitor_files,
     data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
     data.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
     data["dataset"].update(root=str(monitor_files.data_root), max_images=8)
-    data["detection"]["pca_components"] = 4  # a few images only: keep the fold fits well posed
+    data["detection"]["pca_components"] = 3  # a few images only: keep the fold fits well posed
     data["model"]["checkpoint"] = str(monitor_files.checkpoint)
     data["sampling"]["mc_seeding"] = "per_image"
     data["baselines"] = {"enabled": False}
@@ -219,6 +219,42 @@ def test_per_image_mc_seeding_leaves_the_seed_out_of_the_artefact(monitor_files,
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(InputValidationError, match="sampling.mc_seeding must be common or per_image"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_the_ppca_detector_deploys_to_the_node_path(monitor_files, tmp_path: Path) -> None:
+    """``detection.deploy: ppca``: its artefact (no LatentPCA: it models its own subspace of the raw
+    entropies) scores frames in the per-frame scorer, on the host and on the device, as calibrated."""
+    from lsea_monitor.pipeline import FrameScorer
+    from offline_calibration.cityscapes import CityscapesDataset
+
+    data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "out"), cache_dir=str(monitor_files.report.parent / "cache"))
+    data["dataset"]["root"] = str(monitor_files.data_root)
+    data["model"]["checkpoint"] = str(monitor_files.checkpoint)
+    data["baselines"]["enabled"] = False
+    data["detection"].update(deploy="ppca", cross_type=False)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    report = run_calibration(load_config(tmp_path / "c.yaml"), progress=False, log=lambda *_: None)
+    assert report["deployed"]["detector"] == "ppca"
+    art = DetectorArtefact.load(report["deployed"]["artefact"])
+    assert art.pca is None and art.detector.n_components == data["detection"]["pca_components"]
+    assert art.threshold == report["detectors"]["ppca"]["threshold"]
+    dataset = CityscapesDataset(monitor_files.data_root, "test", art.preprocessing, return_labels=False)
+    cache = monitor_files.report.parent / "cache" / "latent" / "test-ind"
+    entries = FeatureCache(cache, json.loads((cache / "key.json").read_text())).load()[0]
+    frames = [dataset.rgb(i) for i in range(3)]
+    expected = art.score_features(np.stack([entries[i]["h_z"] for i in range(3)]))
+    for scoring in ("host", "device"):
+        scorer = FrameScorer.from_files(checkpoint=str(monitor_files.checkpoint), model_class=monitor_files.model_class,
+                                        layer=monitor_files.layer, artefact=report["deployed"]["artefact"],
+                                        device="cpu", scoring=scoring)
+        assert scorer.scoring == scoring
+        got = [r.score for r in scorer.score_images(frames, seeds=[scorer.frame_seed(i) for i in range(3)])]
+        np.testing.assert_allclose(got, expected, rtol=1e-9)
+    data["detection"]["pca_components"] = 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(InputValidationError, match="deploy is ppca.*pca_components is 0"):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_calibration_leaves_torch_threads_as_they_were(monitor_files, tmp_path: Path) -> None:
@@ -284,7 +320,7 @@ def test_cache_is_keyed_on_the_image_files(monitor_files, tmp_path: Path) -> Non
     data = yaml.safe_load((monitor_files.report.parent.parent / "calibration.yaml").read_text())
     data["dataset"].update(root=str(data_root), max_images=8, anomaly_kinds=["fog"])  # 6 sets: quick
     data["model"]["checkpoint"] = str(monitor_files.checkpoint)
-    data["detection"].update(pca_components=3, threshold_folds=2, kde_bandwidth_grid=[], cross_type=False)
+    data["detection"].update(pca_components=2, threshold_folds=2, kde_bandwidth_grid=[], cross_type=False)
     data["baselines"] = {"enabled": False}
     data["segmentation"] = {"max_images": 4}
 

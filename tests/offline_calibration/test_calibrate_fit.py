@@ -133,11 +133,14 @@ def _fit(n_ind: int, dim: int = 32, **detection) -> dict:
     (4, {"pca_components": 2, "threshold_folds": 0, "kde_bandwidth_grid": [0.5, 1.0]},
      r"4 InD images, but 5 cross-validation folds .*detection.kde_bandwidth_grid: \[\]"),
     (18, {"pca_components": 16, "threshold_folds": 5},
-     r"pca_components is 16, but the validation split has 18 InD images .* as few as 14 .*"
-     r"detection.pca_components <= 14, fewer folds, or more validation images \(at least 20\)"),
+     r"pca_components is 16, but the validation split has 18 InD images .* as few as 14 .*PPCA detector needs 2 "
+     r"more images than components\). Use detection.pca_components <= 12, fewer folds, or more validation images "
+     r"\(at least 23\)"),
+    (18, {"pca_components": 13, "threshold_folds": 5}, r"pca_components <= 12, .*\(at least 19\)"),
     (10, {"pca_components": 12, "threshold_folds": 0, "kde_bandwidth_grid": []},
-     r"pca_components is 12, .* 10 InD images .*pca_components <= 10"),
+     r"pca_components is 12, .* 10 InD images .*pca_components <= 8"),
     (30, {"pca_components": 40, "threshold_folds": 5}, "the hooked layer gives 32 entropy features"),
+    (60, {"pca_components": 32, "threshold_folds": 5}, r"gives 32 entropy features; use detection.pca_components <= 31"),
 ])
 def test_too_few_validation_images_for_the_folds_or_the_pca(n_ind: int, detection: dict, message: str) -> None:
     """Not scikit-learn's 'n_splits=5 ... greater than the number of groups: 4' or 'n_components must be
@@ -147,12 +150,15 @@ def test_too_few_validation_images_for_the_folds_or_the_pca(n_ind: int, detectio
 
 
 @pytest.mark.parametrize("n_ind, detection", [
-    (18, {"pca_components": 14, "threshold_folds": 5}),  # the largest PCA the folds allow
-    (20, {"pca_components": 16, "threshold_folds": 5}),  # the fewest images for 16 components
+    (18, {"pca_components": 12, "threshold_folds": 5}),  # the largest PCA the folds allow
+    (23, {"pca_components": 16, "threshold_folds": 5}),  # the fewest images for 16 components
+    (60, {"pca_components": 31, "threshold_folds": 5}),  # the largest PCA the 32 features allow
     (5, {"pca_components": 0, "threshold_folds": 5}),  # as many folds as images
-    (4, {"pca_components": 4, "threshold_folds": 0, "kde_bandwidth_grid": []}),  # in-sample
+    (6, {"pca_components": 4, "threshold_folds": 0, "kde_bandwidth_grid": []}),  # in-sample
 ])
 def test_the_size_check_is_exact_at_its_bounds(n_ind: int, detection: dict) -> None:
     arts = _fit(n_ind, **detection)
-    assert set(arts) == {"kde_classifier", "one_class_kde", "mahalanobis"}
+    # The PPCA models pca_components directions: none without a PCA.
+    with_ppca = {"ppca"} if detection["pca_components"] else set()
+    assert set(arts) == {"kde_classifier", "one_class_kde", "mahalanobis"} | with_ppca
     assert all(np.isfinite(a.threshold) for a in arts.values())

@@ -45,7 +45,7 @@ def _config(files: Any, root: Path, name: str) -> Path:
     data["model"]["checkpoint"] = str(files.checkpoint)
     data["sampling"]["batch_size"] = 2
     data["baselines"] = {"enabled": False}
-    data["detection"] = {**data.get("detection", {}), "pca_components": 4, "threshold_folds": 3, "cross_type": False}
+    data["detection"] = {**data.get("detection", {}), "pca_components": 2, "threshold_folds": 3, "cross_type": False}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
