@@ -5,7 +5,7 @@ principal components of the InD features, so a shift that moves a frame OFF that
 directions the InD images do not vary in) is invisible to them. The PPCA Gaussian models the top
 ``n_components`` directions with their own variances and every other direction with one shared
 variance, so its negative log-likelihood is the Mahalanobis distance inside the subspace PLUS the
-residual off it. On the demo model this lifts the one-class AUROC by about 0.02 (see README).
+residual off it. On the demo model this lifts the best one-class AUROC by 0.01-0.02 (see README).
 """
 
 from __future__ import annotations

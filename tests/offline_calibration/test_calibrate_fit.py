@@ -140,7 +140,8 @@ def _fit(n_ind: int, dim: int = 32, **detection) -> dict:
     (10, {"pca_components": 12, "threshold_folds": 0, "kde_bandwidth_grid": []},
      r"pca_components is 12, .* 10 InD images .*pca_components <= 8"),
     (30, {"pca_components": 40, "threshold_folds": 5}, "the hooked layer gives 32 entropy features"),
-    (60, {"pca_components": 32, "threshold_folds": 5}, r"gives 32 entropy features; use detection.pca_components <= 31"),
+    (60, {"pca_components": 32, "threshold_folds": 5},
+     r"gives 32 entropy features; use detection.pca_components <= 31"),
 ])
 def test_too_few_validation_images_for_the_folds_or_the_pca(n_ind: int, detection: dict, message: str) -> None:
     """Not scikit-learn's 'n_splits=5 ... greater than the number of groups: 4' or 'n_components must be
