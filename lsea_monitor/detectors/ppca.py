@@ -37,9 +37,17 @@ class PPCADetector(OODDetector):
     """Score = negative log-likelihood (nats) under the probabilistic PCA Gaussian of the InD features.
 
     The model is ``N(mean_, C)`` with ``C = V diag(explained_variance_) V^T + noise_variance_ (I - V V^T)``,
-    ``V = components_.T`` the top ``n_components`` principal directions; ``noise_variance_`` is the
-    mean variance of the remaining ones. Equals ``-sklearn.decomposition.PCA(n_components,
-    svd_solver="full").fit(X_ind).score_samples(X)``, computed in low rank (no n_features^2 matrix).
+    ``V = components_.T`` the top ``n_components`` principal directions, and ``noise_variance_`` the
+    maximum-likelihood value of Tipping & Bishop: the mean of the other ``n_features - n_components``
+    eigenvalues of the sample covariance, zeros included. Computed in low rank (no n_features^2
+    matrix). With more samples than features this equals ``-sklearn.decomposition.PCA(n_components,
+    svd_solver="full").fit(X_ind).score_samples(X)``; with fewer (the calibration's case: 80 images,
+    1280 features) scikit-learn averages only the ``n_samples - n_components`` non-zero ones, which
+    makes the residual variance, and with it the score's scale, grow as the sample shrinks: an
+    operating threshold taken from cross-validation folds (fewer images each) then sat far above
+    the final detector's scores (measured on the demo model and 240 held-out test images: 98.8 % of
+    the InD images accepted for a 95 % target, 53 % of the anomalies flagged; with this estimate
+    96.7 % and 75 %).
 
     Parameters
     ----------
@@ -57,7 +65,7 @@ class PPCADetector(OODDetector):
     explained_variance_ : ndarray, shape (n_components,)
         Variance along each direction (sample variance, divided by n - 1).
     noise_variance_ : float
-        Mean variance of the other directions (> 0).
+        Mean variance of the other directions (> 0), zeros included.
     threshold_ : float
     n_features_in_ : int
     """
@@ -94,7 +102,9 @@ class PPCADetector(OODDetector):
         mean = x.mean(axis=0)
         _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
         variances = singular**2 / (n - 1)
-        noise = float(variances[q:].mean())
+        # Tipping & Bishop's ML estimate: the d - q smallest covariance eigenvalues, of which
+        # only min(n, d) - q are computed (the rest are 0 when n <= d).
+        noise = float(variances[q:].sum()) / (d - q)
         if not noise > 1e-12 * max(float(variances[0]), 1e-300):
             raise InputValidationError(
                 f"The InD features vary in at most {q} directions, so PPCADetector(n_components={q}) has no "
