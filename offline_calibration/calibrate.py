@@ -546,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     m = report["detectors"][det]["ood_sets"]["all"]
     print(f"[lsea-calibrate] deployed {det}: AUROC {m['auroc']:.4f}, FPR@95TPR (OoD+) "
           f"{m['fpr_at_95_tpr_ood_positive']:.4f}, (InD+) {m['fpr_at_95_tpr_ind_positive']:.4f}")
+    # Every detector's figure, so the choice of detection.deploy can be made from the console.
+    for group in ("detectors", "baselines"):
+        if report.get(group):
+            aurocs = ", ".join(f"{name} {r['ood_sets']['all']['auroc']:.4f}" for name, r in report[group].items())
+            print(f"[lsea-calibrate] test AUROC (InD vs all anomalies), {group}: {aurocs}")
     print(f"[lsea-calibrate] artefact: {report['deployed']['artefact']}")
     print(f"[lsea-calibrate] report:   {Path(cfg.output_dir) / 'report.md'}")
     return 0

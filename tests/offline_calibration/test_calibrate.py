@@ -221,9 +221,10 @@ def test_per_image_mc_seeding_leaves_the_seed_out_of_the_artefact(monitor_files,
         load_config(tmp_path / "bad.yaml")
 
 
-def test_the_ppca_detector_deploys_to_the_node_path(monitor_files, tmp_path: Path) -> None:
-    """``detection.deploy: ppca``: its artefact (no LatentPCA: it models its own subspace of the raw
-    entropies) scores frames in the per-frame scorer, on the host and on the device, as calibrated."""
+def test_the_ppca_detector_deploys_to_the_node_path(monitor_files, tmp_path: Path, capsys) -> None:
+    """``detection.deploy: ppca`` (through lsea-calibrate's main): its artefact (no LatentPCA: it
+    models its own subspace of the raw entropies) scores frames in the per-frame scorer, on the host
+    and on the device, as calibrated; the console names every detector's AUROC."""
     from lsea_monitor.pipeline import FrameScorer
     from offline_calibration.cityscapes import CityscapesDataset
 
@@ -231,10 +232,18 @@ def test_the_ppca_detector_deploys_to_the_node_path(monitor_files, tmp_path: Pat
     data.update(output_dir=str(tmp_path / "out"), cache_dir=str(monitor_files.report.parent / "cache"))
     data["dataset"]["root"] = str(monitor_files.data_root)
     data["model"]["checkpoint"] = str(monitor_files.checkpoint)
-    data["baselines"]["enabled"] = False
+    # The baselines as in the session's calibration, whose cache this run reads.
     data["detection"].update(deploy="ppca", cross_type=False)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
-    report = run_calibration(load_config(tmp_path / "c.yaml"), progress=False, log=lambda *_: None)
+    assert main(["--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    out = capsys.readouterr().out
+    aurocs = {name: f"{r['ood_sets']['all']['auroc']:.4f}" for name, r in report["detectors"].items()}
+    assert f"[lsea-calibrate] deployed ppca: AUROC {aurocs['ppca']}" in out
+    assert ("[lsea-calibrate] test AUROC (InD vs all anomalies), detectors: "
+            + ", ".join(f"{name} {v}" for name, v in aurocs.items())) in out
+    assert ("[lsea-calibrate] test AUROC (InD vs all anomalies), baselines: " + ", ".join(
+        f"{name} {r['ood_sets']['all']['auroc']:.4f}" for name, r in report["baselines"].items())) in out
     assert report["deployed"]["detector"] == "ppca"
     art = DetectorArtefact.load(report["deployed"]["artefact"])
     assert art.pca is None and art.detector.n_components == data["detection"]["pca_components"]
