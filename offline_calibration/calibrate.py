@@ -41,9 +41,6 @@ from offline_calibration.extraction import (
     image_list_digest,
 )
 
-#: Fitted on every run; "ppca" too unless detection.pca_components is 0 (it models that many directions).
-DETECTOR_NAMES = ("kde_classifier", "one_class_kde", "mahalanobis", "ppca")
-
 
 def build_image_sets(cfg: CalibrationConfig, preprocessing: Preprocessing, max_images: int = 0,
                      splits: tuple[str, ...] = ("val", "test"), return_labels: bool = False) -> dict[str, Any]:

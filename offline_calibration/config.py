@@ -16,6 +16,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from lsea_monitor.detectors import DETECTORS
 from lsea_monitor.errors import InputValidationError
 from lsea_monitor.pipeline import PRECISIONS
 from lsea_monitor.preprocessing import CITYSCAPES_MEAN, CITYSCAPES_STD
@@ -180,9 +181,9 @@ class CalibrationConfig:
         if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 for b in det.kde_bandwidth_grid):
             raise InputValidationError(f"detection.kde_bandwidth_grid must hold positive numbers, "
                                        f"got {det.kde_bandwidth_grid!r}.")
-        if det.deploy not in ("kde_classifier", "one_class_kde", "mahalanobis", "ppca"):
-            raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use kde_classifier, "
-                                       "one_class_kde, mahalanobis or ppca.")
+        if det.deploy not in DETECTORS:  # lsea-calibrate fits every registered detector
+            *names, last = DETECTORS
+            raise InputValidationError(f"detection.deploy {det.deploy!r} unknown; use {', '.join(names)} or {last}.")
         if det.deploy == "ppca" and not det.pca_components:
             raise InputValidationError("detection.deploy is ppca, which models detection.pca_components principal "
                                        "directions, but detection.pca_components is 0; set it (e.g. 16).")
