@@ -85,13 +85,25 @@ def _step(name: str, stamp: Path, config: dict[str, Any], run: Callable[[], dict
     return result
 
 
-def generate(work: Path, cfg: DemoConfig) -> dict[str, Any]:
-    from offline_calibration.synthetic import generate_dataset
+def data_config(cfg: DemoConfig) -> dict[str, Any]:
+    """What the demo's dataset depends on (its generator's arguments)."""
+    return {"n_train": cfg.n_train, "n_val": cfg.n_val, "n_test": cfg.n_test, "height": cfg.height,
+            "width": cfg.width, "seed": cfg.seed}
 
-    config = {"n_train": cfg.n_train, "n_val": cfg.n_val, "n_test": cfg.n_test, "height": cfg.height,
-              "width": cfg.width, "seed": cfg.seed}
-    return _step("generate data", work / "data" / "demo_stamp.json", config,
-                 lambda: {"summary": generate_dataset(work / "data", **config)})
+
+def generate(work: Path, cfg: DemoConfig) -> dict[str, Any]:
+    from offline_calibration.synthetic import MARKER_NAME, PARTIAL_MARKER_NAME, generate_dataset
+
+    config = data_config(cfg)
+    data, stamp = work / "data", work / "data" / "demo_stamp.json"
+    # The folder is the demo's own output: written by an earlier demo with other sizes (e.g. before
+    # the validation set grew), it is replaced, not refused. Anything else there is left alone and
+    # generate_dataset says so.
+    if (not _stamp_ok(stamp, config) and stamp.is_file()
+            and ((data / MARKER_NAME).is_file() or (data / PARTIAL_MARKER_NAME).is_file())):
+        print(f"[demo] generate data: {data} was written with another configuration, regenerating")
+        shutil.rmtree(data)
+    return _step("generate data", stamp, config, lambda: {"summary": generate_dataset(data, **config)})
 
 
 def train_model(work: Path, cfg: DemoConfig) -> dict[str, Any]:
@@ -104,10 +116,19 @@ def train_model(work: Path, cfg: DemoConfig) -> dict[str, Any]:
     return _step("train model", work / "model" / "demo_stamp.json", asdict(tcfg), lambda: train(tcfg))
 
 
+def calibration_stamp_config(calibration: dict[str, Any], checkpoint_sha256: str, cfg: DemoConfig) -> dict[str, Any]:
+    """What the calibration step's result depends on: its configuration, the checkpoint, the
+    anomalies' rendering and the images (a dataset regenerated with other sizes must not reuse the
+    old report)."""
+    from offline_calibration.anomalies import ANOMALY_VERSION
+
+    return {**calibration, "checkpoint_sha256": checkpoint_sha256, "anomaly_version": ANOMALY_VERSION,
+            "data": data_config(cfg)}
+
+
 def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
     import yaml
 
-    from offline_calibration.anomalies import ANOMALY_VERSION
     from offline_calibration.calibrate import run_calibration
     from offline_calibration.config import load_config
 
@@ -136,7 +157,7 @@ def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
                 "per_kind_auroc": {k: v["auroc"] for k, v in report["detectors"][det]["ood_sets"].items()},
                 "segmentation": report.get("segmentation", {}).get("sets", {})}
 
-    stamp_config = {**config, "checkpoint_sha256": sha, "anomaly_version": ANOMALY_VERSION}
+    stamp_config = calibration_stamp_config(config, sha, cfg)
     return _step("calibrate", work / "calibration" / "demo_stamp.json", stamp_config, run)
 
 
