@@ -117,7 +117,9 @@ def train_model(work: Path, cfg: DemoConfig) -> dict[str, Any]:
                        batch_size=cfg.batch_size, img_size=(cfg.height, cfg.width),
                        train_size=(cfg.train_height, cfg.train_width), encoder_name=cfg.encoder,
                        block_size=cfg.block_size, train_block_size=cfg.train_block_size, seed=cfg.seed)
-    return _step("train model", work / "model" / "demo_stamp.json", asdict(tcfg), lambda: train(tcfg))
+    # The data too: a model trained (and validated) on other images is not this configuration's.
+    stamp_config = {**asdict(tcfg), "data": data_config(cfg)}
+    return _step("train model", work / "model" / "demo_stamp.json", stamp_config, lambda: train(tcfg))
 
 
 def calibration_stamp_config(calibration: dict[str, Any], checkpoint_sha256: str, cfg: DemoConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The demo's cached steps: a dataset of another configuration is regenerated (it is the demo's own
-output) and the calibration's stamp names the data, so a regenerated dataset is recalibrated; a
-folder that is not the generator's output is never deleted."""
+output), and the training's and the calibration's stamps name the data, so a regenerated dataset is
+trained on and calibrated again; a folder that is not the generator's output is never deleted."""
 
 from __future__ import annotations
 
@@ -57,3 +57,20 @@ def test_the_calibration_stamp_names_the_data(tmp_path: Path) -> None:
     more_val = dataclasses.replace(TINY, n_val=TINY.n_val + 1)
     assert not demo._stamp_ok(stamp, demo.calibration_stamp_config(calibration, "ab" * 32, more_val))
     assert not demo._stamp_ok(stamp, demo.calibration_stamp_config(calibration, "cd" * 32, TINY))
+
+
+@pytest.mark.slow  # trains twice (a tiny model, about 15 s)
+def test_a_model_trained_on_other_data_is_retrained(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny = dataclasses.replace(TINY, train_height=64, train_width=128, batch_size=2)
+    demo.generate(tmp_path, tiny)
+    first = demo.train_model(tmp_path, tiny)
+    demo.train_model(tmp_path, tiny)
+    assert "[demo] train model: cached" in capsys.readouterr().out
+
+    more_train = dataclasses.replace(tiny, n_train=tiny.n_train + 2)
+    demo.generate(tmp_path, more_train)
+    second = demo.train_model(tmp_path, more_train)
+    out = capsys.readouterr().out
+    assert "train model: cached" not in out and "train model: done" in out
+    assert json.loads((tmp_path / "model" / "demo_stamp.json").read_text())["config"]["data"]["n_train"] == 4
+    assert Path(second["best_checkpoint"]).is_file() and first["best_checkpoint"] == second["best_checkpoint"]
