@@ -99,6 +99,14 @@ def data_config(cfg: DemoConfig) -> dict[str, Any]:
             "width": cfg.width, "seed": cfg.seed}
 
 
+def training_data_config(cfg: DemoConfig) -> dict[str, Any]:
+    """What the trained model depends on of the data: the training and validation images (the best
+    checkpoint is chosen on validation), not the test split, whose size the model never sees. Image
+    ``i`` of a split depends only on the seed, the split, ``i`` and the size, so a dataset regenerated
+    for another test size holds the same training and validation images."""
+    return {k: v for k, v in data_config(cfg).items() if k != "n_test"}
+
+
 def generate(work: Path, cfg: DemoConfig) -> dict[str, Any]:
     from offline_calibration.synthetic import MARKER_NAME, PARTIAL_MARKER_NAME, generate_dataset
 
@@ -122,7 +130,7 @@ def train_model(work: Path, cfg: DemoConfig) -> dict[str, Any]:
                        train_size=(cfg.train_height, cfg.train_width), encoder_name=cfg.encoder,
                        block_size=cfg.block_size, train_block_size=cfg.train_block_size, seed=cfg.seed)
     # The data too: a model trained (and validated) on other images is not this configuration's.
-    stamp_config = {**asdict(tcfg), "data": data_config(cfg)}
+    stamp_config = {**asdict(tcfg), "data": training_data_config(cfg)}
     return _step("train model", work / "model" / "demo_stamp.json", stamp_config, lambda: train(tcfg))
 
 
@@ -171,16 +179,23 @@ def calibrate(work: Path, cfg: DemoConfig, checkpoint: str) -> dict[str, Any]:
     return _step("calibrate", work / "calibration" / "demo_stamp.json", stamp_config, run)
 
 
-def replay(work: Path, *, checkpoint: str, artefact: str) -> int:
+def demo_bag_stamp_config(cfg: DemoConfig) -> dict[str, Any]:
+    """What the demo bag depends on: it cycles through the test images, so a dataset regenerated with
+    another test size makes another drive, and so does another anomaly rendering."""
+    from offline_calibration.anomalies import ANOMALY_VERSION
+
+    return {"anomaly_version": ANOMALY_VERSION, "data": data_config(cfg)}
+
+
+def replay(work: Path, cfg: DemoConfig, *, checkpoint: str, artefact: str) -> int:
     """Step 5: a demo rosbag (InD driving, then a stretch of each anomaly), evaluated offline and live."""
     from lsea_monitor.replay import cli
     from lsea_monitor.replay.demo_bag import build_demo_bag
-    from offline_calibration.anomalies import ANOMALY_VERSION
 
     bag = work / "replay" / "demo_drive.mcap"
     bag_stamp = work / "replay" / "demo_bag_stamp.json"
-    bag_config = {"anomaly_version": ANOMALY_VERSION}
-    if bag.exists() and not _stamp_ok(bag_stamp, bag_config):  # written with an older anomaly rendering
+    bag_config = demo_bag_stamp_config(cfg)
+    if bag.exists() and not _stamp_ok(bag_stamp, bag_config):
         shutil.rmtree(bag) if bag.is_dir() else bag.unlink()
     if not bag.exists():
         print("[demo] building the demo rosbag ...")
@@ -230,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         from offline_calibration import demo_ros
 
         ros = demo_ros.run(work, cfg, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
-        replay_code = replay(work, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
+        replay_code = replay(work, cfg, checkpoint=trained["best_checkpoint"], artefact=calib["artefact"])
         if ros.get("node_exit_code") != 0 or replay_code != 0:
             print(f"[demo] FAILED after {time.perf_counter() - t0:.0f} s: node exit code {ros.get('node_exit_code')}, "
                   f"lsea-replay-eval exit code {replay_code} (see the logs above)", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The demo's cached steps: a dataset of another configuration is regenerated (it is the demo's own
-output), and the training's and the calibration's stamps name the data, so a regenerated dataset is
-trained on and calibrated again; a folder that is not the generator's output is never deleted."""
+output), and the training's, the calibration's and the demo bag's stamps name the data they depend
+on, so a regenerated dataset is trained on (unless only the test split changed), calibrated and
+replayed again; a folder that is not the generator's output is never deleted."""
 
 from __future__ import annotations
 
@@ -59,6 +60,14 @@ def test_the_calibration_stamp_names_the_data(tmp_path: Path) -> None:
     assert not demo._stamp_ok(stamp, demo.calibration_stamp_config(calibration, "cd" * 32, TINY))
 
 
+def test_the_demo_bag_stamp_names_the_test_split(tmp_path: Path) -> None:
+    stamp = tmp_path / "demo_bag_stamp.json"
+    demo._write_stamp(stamp, demo.demo_bag_stamp_config(TINY), {})
+    assert demo._stamp_ok(stamp, demo.demo_bag_stamp_config(TINY))
+    # the bag cycles through the test images: more of them make another drive
+    assert not demo._stamp_ok(stamp, demo.demo_bag_stamp_config(dataclasses.replace(TINY, n_test=TINY.n_test + 1)))
+
+
 @pytest.mark.slow  # trains twice (a tiny model, about 15 s)
 def test_a_model_trained_on_other_data_is_retrained(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     tiny = dataclasses.replace(TINY, train_height=64, train_width=128, batch_size=2)
@@ -74,3 +83,9 @@ def test_a_model_trained_on_other_data_is_retrained(tmp_path: Path, capsys: pyte
     assert "train model: cached" not in out and "train model: done" in out
     assert json.loads((tmp_path / "model" / "demo_stamp.json").read_text())["config"]["data"]["n_train"] == 4
     assert Path(second["best_checkpoint"]).is_file() and first["best_checkpoint"] == second["best_checkpoint"]
+
+    # The test split's size is not something the model depends on: no retraining for it.
+    more_test = dataclasses.replace(more_train, n_test=more_train.n_test + 1)
+    demo.generate(tmp_path, more_test)
+    demo.train_model(tmp_path, more_test)
+    assert "[demo] train model: cached" in capsys.readouterr().out
