@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lsea_monitor.process import die_with_parent
+from offline_calibration import demo
 from offline_calibration.anomalies import ANOMALY_VERSION
 
 pytestmark = [pytest.mark.slow, pytest.mark.ros]
@@ -40,13 +41,13 @@ def test_quick_demo_runs_every_step_and_a_rerun_uses_the_cache(ros_env: dict[str
         ANOMALY_VERSION
     bag_stamp = work / "replay" / "demo_bag_stamp.json"
     stamp = json.loads(bag_stamp.read_text())
-    assert stamp["config"] == {"anomaly_version": ANOMALY_VERSION}
-    bag_stamp.write_text(json.dumps({**stamp, "config": {"anomaly_version": ANOMALY_VERSION - 1}}))
+    assert stamp["config"] == {"anomaly_version": ANOMALY_VERSION, "data": demo.data_config(demo.QUICK)}
+    bag_stamp.write_text(json.dumps({**stamp, "config": {**stamp["config"], "anomaly_version": ANOMALY_VERSION - 1}}))
 
     again = _demo(work, ros_env)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     for step in ("generate data: cached", "train model: cached", "calibrate: cached"):
         assert f"[demo] {step}" in again.stdout, step
     assert "[demo] building the demo rosbag" in again.stdout
-    assert json.loads(bag_stamp.read_text())["config"] == {"anomaly_version": ANOMALY_VERSION}
+    assert json.loads(bag_stamp.read_text())["config"] == demo.demo_bag_stamp_config(demo.QUICK)
     assert (work / "replay" / "report" / "demo_drive_with_verdicts.mcap").stat().st_mtime_ns != bag_mtime
